@@ -1,0 +1,199 @@
+//! Records that cross the kernel/user boundary, defined once for both sides.
+//!
+//! The kernel programs in `tcptrace-ebpf` write [`RawEvent`]s into one BPF ring buffer and read
+//! their field offsets from one [`Offsets`] global; userspace (`tcptrace`) decodes the same
+//! structs. Everything here is `#[repr(C)]`, fixed-size and free of pointers, so the bytes mean the
+//! same thing on both sides of the ring buffer.
+#![no_std]
+
+/// What kind of kernel event a [`RawEvent`] records (its `kind` byte).
+pub mod kind {
+    /// `sock/inet_sock_set_state`: `oldstate` -> `newstate`.
+    pub const STATE: u8 = 1;
+    /// `tcp/tcp_retransmit_skb`: a segment (SYN, data or FIN) was retransmitted; `newstate` holds
+    /// the socket's state at that moment.
+    pub const RETRANSMIT: u8 = 2;
+    /// `tcp/tcp_retransmit_synack`: a listener retransmitted a SYN-ACK for a request socket;
+    /// `skaddr` is the listener, `aux` the request socket.
+    pub const RETRANSMIT_SYNACK: u8 = 3;
+    /// `tcp/tcp_send_reset`: this host sent a RST; `newstate` is the socket's state (0 when no
+    /// socket matched the segment, e.g. a SYN to a closed port); `aux32` the `sk_rst_reason`.
+    pub const RESET_SENT: u8 = 4;
+    /// `tcp/tcp_receive_reset`: a RST arrived for a socket; `newstate` is its state then.
+    pub const RESET_RECEIVED: u8 = 5;
+}
+
+/// One event as the kernel writes it. 96 bytes; one ring buffer slot is this plus an 8-byte header.
+///
+/// Addresses are in network byte order as the kernel stores them; ports in host order.
+/// "Local" (`saddr`/`sport`) is always this host's end of the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (`struct sock *`); the key of a socket's life.
+    pub skaddr: u64,
+    /// Kind-specific: the request socket for [`kind::RETRANSMIT_SYNACK`], the socket cookie for
+    /// [`kind::RESET_RECEIVED`] (kernels that report it), else 0.
+    pub aux: u64,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    /// Remote address, same layout.
+    pub daddr: [u8; 16],
+    /// `comm` of the task on the CPU (often not the socket's owner: see the README).
+    pub comm: [u8; 16],
+    /// Thread-group id (what userspace calls the pid) of the task on the CPU.
+    pub tgid: u32,
+    /// Thread id of the task on the CPU.
+    pub tid: u32,
+    /// Inode number of the socket's network namespace (0 when it could not be read).
+    pub netns: u32,
+    /// Kind-specific 32-bit value: `sk_rst_reason` for [`kind::RESET_SENT`], `err` for
+    /// [`kind::RETRANSMIT`] on kernels that report it, else 0.
+    pub aux32: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u8,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// Previous state for [`kind::STATE`], else 0. Kernel numbering (`TCP_ESTABLISHED` = 1, ...).
+    pub oldstate: u8,
+    /// New state for [`kind::STATE`]; the socket's state at the event otherwise (0 = unknown).
+    pub newstate: u8,
+}
+
+pub const RAW_EVENT_SIZE: usize = core::mem::size_of::<RawEvent>();
+const _: () = assert!(RAW_EVENT_SIZE == 96);
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Where a tracepoint field sits in the tracepoint's record, read from its tracefs `format` file.
+/// `NONE` marks a field this kernel does not have.
+pub const NONE: u16 = u16::MAX;
+
+/// Field offsets of `sock/inet_sock_set_state`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetStateOffsets {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    pub _pad: u16,
+}
+
+/// Field offsets shared by the `tcp/*` tracepoints that report a 4-tuple as separate v4/v6
+/// fields (`tcp_retransmit_skb`, `tcp_retransmit_synack`, `tcp_receive_reset`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TupleOffsets {
+    pub skaddr: u16,
+    /// `state` (retransmit_skb), `req` (retransmit_synack), or [`NONE`].
+    pub extra: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// `err` (retransmit_skb, 6.17+) or `sock_cookie` (receive_reset, 6.10+), or [`NONE`].
+    pub aux: u16,
+}
+
+/// Field offsets of `tcp/tcp_send_reset`, whose addresses are `struct sockaddr_in6`-sized
+/// buffers holding a `sockaddr_in` or `sockaddr_in6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendResetOffsets {
+    pub skaddr: u16,
+    pub skbaddr: u16,
+    pub state: u16,
+    /// `reason`, or [`NONE`] on kernels before 6.10.
+    pub reason: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+}
+
+/// Offsets of kernel struct members, from /sys/kernel/btf/vmlinux, used to walk from a socket to
+/// its network namespace and state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock` -> `__sk_common.skc_net` (a `possible_net_t`, whose first member is the
+    /// `struct net *`).
+    pub sock_net: u32,
+    /// `struct sock` -> `__sk_common.skc_state` (one byte).
+    pub sock_state: u32,
+    /// `struct net` -> `ns.inum`.
+    pub net_inum: u32,
+    /// `struct sk_buff` -> `dev` (for resets sent with no socket, the namespace comes from the
+    /// device the segment arrived on).
+    pub skb_dev: u32,
+    /// `struct net_device` -> `nd_net` (a `possible_net_t`).
+    pub dev_net: u32,
+    pub _pad: u32,
+}
+
+/// Everything the kernel programs need to know about this kernel's layouts, handed to them as the
+/// `OFFSETS` global at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub set_state: SetStateOffsets,
+    pub retransmit_skb: TupleOffsets,
+    pub retransmit_synack: TupleOffsets,
+    pub receive_reset: TupleOffsets,
+    pub send_reset: SendResetOffsets,
+    pub _pad: u32,
+    pub kernel: KernelOffsets,
+}
+
+/// Settings handed to the kernel programs as the `CONFIG` global at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Wake the reader only once this many bytes wait in the ring buffer; below that userspace
+    /// drains on its own timer. Batching wake-ups is what keeps the cost per event low.
+    pub wakeup_bytes: u64,
+    /// Non-zero: emit aya-log debug lines.
+    pub debug: u32,
+    pub _pad: u32,
+}
+
+/// Indexes of the per-CPU counters in the `COUNTERS` map.
+pub mod counter {
+    /// Events dropped because the ring buffer was full.
+    pub const LOST: u32 = 0;
+    /// Kernel reads (tracepoint fields, socket fields) that failed; the field was left 0.
+    pub const READ_ERRORS: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+impl Offsets {
+    /// All zeros: the value the kernel object carries until the loader overrides it.
+    pub const ZERO: Offsets = unsafe { core::mem::zeroed() };
+}
+
+impl Config {
+    pub const ZERO: Config = Config { wakeup_bytes: 0, debug: 0, _pad: 0 };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C) plain data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::RawEvent {}
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Config {}
+}

@@ -1,0 +1,112 @@
+//! This kernel's layouts, gathered at load time for the kernel programs (`OFFSETS` global):
+//! tracepoint field offsets from tracefs `format` files, struct member offsets from BTF.
+//! Nothing is compiled in for one kernel version.
+use anyhow::{Context as _, bail};
+use tcptrace_common::{
+    KernelOffsets, NONE, Offsets, SendResetOffsets, SetStateOffsets, TupleOffsets,
+};
+
+use super::{
+    btf::KernelBtf,
+    tracefs::{TraceFs, TracepointFormat},
+};
+
+/// The tracepoints tcptrace attaches to: (program name in the object, category, tracepoint).
+pub const TRACEPOINTS: [(&str, &str, &str); 5] = [
+    ("sock_set_state", "sock", "inet_sock_set_state"),
+    ("tcp_retransmit", "tcp", "tcp_retransmit_skb"),
+    ("tcp_retrans_synack", "tcp", "tcp_retransmit_synack"),
+    ("tcp_send_rst", "tcp", "tcp_send_reset"),
+    ("tcp_recv_rst", "tcp", "tcp_receive_reset"),
+];
+
+fn opt(v: Option<u16>) -> u16 {
+    v.unwrap_or(NONE)
+}
+
+/// Offsets of the v4/v6 4-tuple fields most `tcp/*` tracepoints share.
+fn tuple(f: &TracepointFormat, extra: Option<u16>, aux: Option<u16>) -> anyhow::Result<TupleOffsets> {
+    Ok(TupleOffsets {
+        skaddr: f.require("skaddr", &[8])?,
+        extra: opt(extra),
+        sport: f.require("sport", &[2])?,
+        dport: f.require("dport", &[2])?,
+        family: f.require("family", &[2])?,
+        saddr: f.require("saddr", &[4])?,
+        daddr: f.require("daddr", &[4])?,
+        saddr_v6: f.require("saddr_v6", &[16])?,
+        daddr_v6: f.require("daddr_v6", &[16])?,
+        aux: opt(aux),
+    })
+}
+
+pub fn tracepoint_offsets(fs: &TraceFs) -> anyhow::Result<Offsets> {
+    let set = fs.format("sock", "inet_sock_set_state")?;
+    let set_state = SetStateOffsets {
+        skaddr: set.require("skaddr", &[8])?,
+        oldstate: set.require("oldstate", &[4])?,
+        newstate: set.require("newstate", &[4])?,
+        sport: set.require("sport", &[2])?,
+        dport: set.require("dport", &[2])?,
+        family: set.require("family", &[2])?,
+        protocol: set.require("protocol", &[2])?,
+        saddr: set.require("saddr", &[4])?,
+        daddr: set.require("daddr", &[4])?,
+        saddr_v6: set.require("saddr_v6", &[16])?,
+        daddr_v6: set.require("daddr_v6", &[16])?,
+        _pad: 0,
+    };
+
+    let rt = fs.format("tcp", "tcp_retransmit_skb")?;
+    let retransmit_skb = tuple(
+        &rt,
+        Some(rt.require("state", &[4])?),
+        rt.optional("err", &[4])?,
+    )?;
+
+    let syn = fs.format("tcp", "tcp_retransmit_synack")?;
+    let retransmit_synack = tuple(&syn, Some(syn.require("req", &[8])?), None)?;
+
+    let rr = fs.format("tcp", "tcp_receive_reset")?;
+    let receive_reset = tuple(&rr, None, rr.optional("sock_cookie", &[8])?)?;
+
+    let sr = fs.format("tcp", "tcp_send_reset")?;
+    let send_reset = SendResetOffsets {
+        skaddr: sr.require("skaddr", &[8])?,
+        skbaddr: sr.require("skbaddr", &[8])?,
+        state: sr.require("state", &[4])?,
+        reason: opt(sr.optional("reason", &[4])?),
+        // sockaddr_in6-sized images (kernel >= 5.x): family, port, address.
+        saddr: sr.require("saddr", &[28])?,
+        daddr: sr.require("daddr", &[28])?,
+    };
+
+    Ok(Offsets {
+        set_state,
+        retransmit_skb,
+        retransmit_synack,
+        receive_reset,
+        send_reset,
+        _pad: 0,
+        kernel: KernelOffsets::default(),
+    })
+}
+
+pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
+    let sized = |s: &str, path: &str, size: u32| -> anyhow::Result<u32> {
+        let m = btf.member(s, path)?;
+        if m.size != size {
+            bail!("BTF: struct {s} member {path} is {} bytes, expected {size}: unsupported kernel layout", m.size);
+        }
+        Ok(m.offset)
+    };
+    Ok::<_, anyhow::Error>(KernelOffsets {
+        sock_net: sized("sock", "__sk_common.skc_net", 8)?,
+        sock_state: sized("sock", "__sk_common.skc_state", 1)?,
+        net_inum: sized("net", "ns.inum", 4)?,
+        skb_dev: sized("sk_buff", "dev", 8)?,
+        dev_net: sized("net_device", "nd_net", 8)?,
+        _pad: 0,
+    })
+    .context("reading struct layouts from /sys/kernel/btf/vmlinux")
+}

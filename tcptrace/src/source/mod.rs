@@ -1,0 +1,2 @@
+//! Where events come from. Every source yields the same typed [`crate::event::Event`]s.
+pub mod kernel;
