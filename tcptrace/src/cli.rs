@@ -146,10 +146,11 @@ mod tests {
 
     #[test]
     fn global_options_go_anywhere() {
-        let c = Cli::try_parse_from(["tcptrace", "-p", "80", "events", "--port", "443", "-4"])
-            .unwrap();
+        let c = Cli::try_parse_from(["tcptrace", "-p", "80", "-p", "443", "events", "-4"]).unwrap();
         assert_eq!(c.common.ports, vec![80, 443]);
         assert!(c.common.ipv4);
+        let c = Cli::try_parse_from(["tcptrace", "events", "-p", "80", "--port", "443"]).unwrap();
+        assert_eq!(c.common.ports, vec![80, 443]);
         assert!(Cli::try_parse_from(["tcptrace", "-4", "-6"]).is_err());
         assert!(Cli::try_parse_from(["tcptrace", "events", "--duration", "soon"]).is_err());
         let c = Cli::try_parse_from(["tcptrace", "events", "--duration", "1m30s"]).unwrap();

@@ -89,6 +89,13 @@ pub enum EventKind {
     ResetSent { state: Option<TcpState>, reason: u32 },
     /// `tcp/tcp_receive_reset`.
     ResetReceived { state: Option<TcpState> },
+    /// sock_ops: a SYN arrived at a listener (request socket created). `cookie` is the netns
+    /// cookie, which pairs it with the later [`EventKind::PassiveEstablished`].
+    SynReceived { cookie: u64 },
+    /// sock_ops: an accepted socket became ESTABLISHED.
+    PassiveEstablished { cookie: u64 },
+    /// tp_btf fallback: SYN-ACK round trip the kernel measured for a new passive socket.
+    PassiveRtt { rtt_us: u32 },
 }
 
 impl EventKind {
@@ -100,6 +107,9 @@ impl EventKind {
             EventKind::RetransmitSynack { .. } => "retransmit_synack",
             EventKind::ResetSent { .. } => "reset_sent",
             EventKind::ResetReceived { .. } => "reset_received",
+            EventKind::SynReceived { .. } => "syn_received",
+            EventKind::PassiveEstablished { .. } => "passive_established",
+            EventKind::PassiveRtt { .. } => "passive_rtt",
         }
     }
 
@@ -110,7 +120,12 @@ impl EventKind {
             EventKind::Retransmit { state }
             | EventKind::ResetSent { state, .. }
             | EventKind::ResetReceived { state } => state,
-            EventKind::RetransmitSynack { .. } => Some(TcpState::NewSynRecv),
+            EventKind::RetransmitSynack { .. } | EventKind::SynReceived { .. } => {
+                Some(TcpState::NewSynRecv)
+            }
+            EventKind::PassiveEstablished { .. } | EventKind::PassiveRtt { .. } => {
+                Some(TcpState::SynRecv)
+            }
         }
     }
 }
@@ -230,6 +245,9 @@ impl TryFrom<&RawEvent> for Event {
             kind::RESET_RECEIVED => EventKind::ResetReceived {
                 state: opt_state(r.newstate)?,
             },
+            kind::SYN_RECEIVED => EventKind::SynReceived { cookie: r.aux },
+            kind::PASSIVE_ESTABLISHED => EventKind::PassiveEstablished { cookie: r.aux },
+            kind::PASSIVE_RTT => EventKind::PassiveRtt { rtt_us: r.aux32 },
             k => return Err(DecodeError::UnknownKind(k)),
         };
         // A reset sent without a socket may carry no address at all (family 0).
@@ -287,6 +305,11 @@ impl Event {
             EventKind::ResetReceived { state } => {
                 (0, state.map_or(0, |s| s as u8), 0, 0, kind::RESET_RECEIVED)
             }
+            EventKind::SynReceived { cookie } => (0, 0, cookie, 0, kind::SYN_RECEIVED),
+            EventKind::PassiveEstablished { cookie } => {
+                (0, 0, cookie, 0, kind::PASSIVE_ESTABLISHED)
+            }
+            EventKind::PassiveRtt { rtt_us } => (0, 0, 0, rtt_us, kind::PASSIVE_RTT),
         };
         let bytes = |a: &SocketAddr| -> [u8; 16] {
             let mut out = [0u8; 16];

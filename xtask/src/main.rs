@@ -245,12 +245,17 @@ impl Ctx {
         let major = llvm_major(&llvm)?;
 
         let bin = self.cargo_home.join("bin").join("bpf-linker");
-        if bin.exists() && self.linker_state(&bin, &llvm)? == LinkerState::Current {
-            return Ok(());
-        }
+        let why = if bin.exists() {
+            match linker_state_of(&bin, &llvm)? {
+                LinkerState::Current => return Ok(()),
+                old => format!("; the installed one {old}"),
+            }
+        } else {
+            String::new()
+        };
 
         eprintln!(
-            "xtask: installing bpf-linker {BPF_LINKER_VERSION} against {llvm} (a few minutes)"
+            "xtask: installing bpf-linker {BPF_LINKER_VERSION} against {llvm} (a few minutes{why})"
         );
         // LLVM_PREFIX/lib must hold `libLLVM.so` (what the build links against) and the file's
         // own name (what the binary's RUNPATH, LLVM_PREFIX/lib, resolves at run time).
@@ -281,19 +286,10 @@ impl Ctx {
                  xtask/src/main.rs"
             )
         })?;
-        match self.linker_state(&bin, &llvm)? {
+        match linker_state_of(&bin, &llvm)? {
             LinkerState::Current => Ok(()),
-            other => bail!(
-                "the bpf-linker just installed at {} is unusable: {other}",
-                bin.display()
-            ),
+            other => bail!("the bpf-linker just installed at {} {other}", bin.display()),
         }
-    }
-
-    fn linker_state(&self, bin: &Path, llvm: &str) -> Result<LinkerState> {
-        let ldd = output(Command::new("ldd").arg(bin))
-            .context("cannot run ldd (Debian package libc-bin) to check bpf-linker")?;
-        Ok(linker_state(&ldd, llvm))
     }
 
     fn build(&self, release: bool) -> Result<()> {
@@ -322,7 +318,7 @@ impl Ctx {
         eprintln!("xtask: $ {}", show(&cmd));
         // Ctrl-C reaches the tracer from the terminal; xtask only waits for it to finish and
         // report. A handler (unlike SIG_IGN) is reset by exec, so the child keeps the default.
-        ignore_sigint_here();
+        outlive_sigint();
         let status = cmd
             .status()
             .with_context(|| format!("cannot run {}", bin.display()))?;
@@ -416,12 +412,25 @@ fn show(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// How the bpf-linker at `bin` relates to the libLLVM file `llvm`, according to ldd.
+fn linker_state_of(bin: &Path, llvm: &str) -> Result<LinkerState> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("cannot run ldd (Debian package libc-bin) to check bpf-linker")?;
+    if !out.status.success() {
+        return Ok(LinkerState::NoLlvm); // e.g. "not a dynamic executable"
+    }
+    Ok(linker_state(&String::from_utf8_lossy(&out.stdout), llvm))
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
-fn ignore_sigint_here() {
+/// Let Ctrl-C end the child but not xtask, which then reports the child's status.
+fn outlive_sigint() {
     extern "C" fn on_sigint(_: libc::c_int) {}
     let handler: extern "C" fn(libc::c_int) = on_sigint;
     // SAFETY: the handler does nothing, so it is async-signal-safe.
@@ -508,10 +517,10 @@ enum LinkerState {
 impl std::fmt::Display for LinkerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Current => f.write_str("current"),
+            Self::Current => f.write_str("is current"),
             Self::Stale(old) => write!(f, "links against {old}"),
-            Self::Unresolved => f.write_str("its libLLVM is not found at run time"),
-            Self::NoLlvm => f.write_str("it does not link against a libLLVM"),
+            Self::Unresolved => f.write_str("cannot find its libLLVM"),
+            Self::NoLlvm => f.write_str("does not link against a libLLVM"),
         }
     }
 }

@@ -21,6 +21,15 @@ pub mod kind {
     pub const RESET_SENT: u8 = 4;
     /// `tcp/tcp_receive_reset`: a RST arrived for a socket; `newstate` is its state then.
     pub const RESET_RECEIVED: u8 = 5;
+    /// sock_ops on the cgroup v2 root: a SYN arrived at a listener and a request socket was made
+    /// (`BPF_SOCK_OPS_RWND_INIT` on a request socket). `aux` is the netns cookie; `skaddr` 0.
+    pub const SYN_RECEIVED: u8 = 6;
+    /// sock_ops: a passive (accepted) socket became ESTABLISHED
+    /// (`BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`). `aux` is the netns cookie.
+    pub const PASSIVE_ESTABLISHED: u8 = 7;
+    /// tp_btf on `inet_sock_set_state`, SYN_RECV -> ESTABLISHED: the kernel's smoothed RTT of the
+    /// SYN-ACK (`tcp_sock.srtt_us >> 3`) in `aux32`, µs. Fallback when no cgroup v2 is mounted.
+    pub const PASSIVE_RTT: u8 = 8;
 }
 
 /// One event as the kernel writes it. 96 bytes; one ring buffer slot is this plus an 8-byte header.

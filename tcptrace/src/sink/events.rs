@@ -66,6 +66,9 @@ fn describe(kind: &EventKind) -> String {
             format!("RST sent in {} ({})", state(s), reason_text(reason))
         }
         EventKind::ResetReceived { state: s } => format!("RST received in {}", state(s)),
+        EventKind::SynReceived { .. } => "SYN received (request socket)".to_string(),
+        EventKind::PassiveEstablished { .. } => "accepted connection ESTABLISHED".to_string(),
+        EventKind::PassiveRtt { rtt_us } => format!("SYN-ACK RTT {rtt_us}µs"),
     }
 }
 
@@ -131,6 +134,10 @@ impl<W: Write> EventsSink<W> {
             }
             EventKind::ResetSent { state, reason } => {
                 (None, None, state_name(state), Some(reason_text(reason)))
+            }
+            EventKind::SynReceived { .. } => (None, None, Some("NEW_SYN_RECV"), None),
+            EventKind::PassiveEstablished { .. } | EventKind::PassiveRtt { .. } => {
+                (None, None, Some("SYN_RECV"), None)
             }
         };
         let time = self.clock.rfc3339(ev.ts_ns);
