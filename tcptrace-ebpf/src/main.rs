@@ -18,9 +18,11 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_probe_read_kernel,
     },
-    macros::{map, tracepoint},
+    bindings::{BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RWND_INIT},
+    helpers::generated::bpf_get_netns_cookie,
+    macros::{btf_tracepoint, map, sock_ops, tracepoint},
     maps::{PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, SockOpsContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use tcptrace_common::{
@@ -122,7 +124,7 @@ fn sock_netns(sk: u64) -> u32 {
 
 /// Reserves a slot, fills the fields every event shares, lets `fill` add the rest, submits.
 #[inline(always)]
-fn emit(ctx: &TracePointContext, kind: u8, sk: u64, fill: impl FnOnce(&mut RawEvent)) {
+fn emit<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, sk: u64, fill: impl FnOnce(&mut RawEvent)) {
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         bump(counter::LOST);
         return;
@@ -308,6 +310,87 @@ pub fn tcp_send_rst(ctx: TracePointContext) -> u32 {
             };
             netns_at(dev, global!(OFFSETS.kernel.dev_net))
         };
+    });
+    0
+}
+
+/// TCP_SYN_RECV and TCP_ESTABLISHED, kernel numbering.
+const TCP_SYN_RECV: i32 = 3;
+const TCP_ESTABLISHED: i32 = 1;
+
+/// sock_ops on the cgroup v2 root: sees what the state tracepoint cannot, the SYN's arrival
+/// (a request socket has no state change), and the accepted socket becoming ESTABLISHED.
+/// Returns 1 (allow) and leaves `reply` alone, so the kernel keeps its defaults.
+#[sock_ops]
+pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
+    let ops = ctx.ops;
+    let op = ctx.op();
+    let is_full = unsafe { core::ptr::read_volatile(&raw const (*ops).is_fullsock) } != 0;
+    let kind = if op == BPF_SOCK_OPS_RWND_INIT && !is_full {
+        // RWND_INIT runs for every request socket, SYN-cookie ones included.
+        kind::SYN_RECEIVED
+    } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        kind::PASSIVE_ESTABLISHED
+    } else {
+        return 1;
+    };
+    // The context is really a `struct bpf_sock_ops_kern`; reading its `sk` through
+    // probe_read yields a plain address (also for request sockets, which `ctx->sk` hides), so
+    // the namespace can be read like everywhere else.
+    let sk: u64 = read((ops as u64 + global!(OFFSETS.kernel.sock_ops_sk) as u64) as *const u8);
+    let cookie = unsafe { bpf_get_netns_cookie(ops.cast::<c_void>()) };
+    let family = ctx.family() as u16;
+    emit(&ctx, kind, sk, |ev| {
+        ev.aux = cookie;
+        ev.family = family as u8;
+        ev.newstate = if kind == kind::SYN_RECEIVED {
+            TCP_NEW_SYN_RECV
+        } else {
+            TCP_SYN_RECV as u8
+        };
+        ev.sport = ctx.local_port() as u16;
+        // remote_port holds the big-endian port in its upper 16 bits on little-endian hosts.
+        ev.dport = u16::from_be((ctx.remote_port() >> 16) as u16);
+        if family == AF_INET6 {
+            // The verifier only allows 4-byte loads of these context fields: no merged loads.
+            for i in 0..4 {
+                let l = unsafe { core::ptr::read_volatile(&raw const (*ops).local_ip6[i]) };
+                let r = unsafe { core::ptr::read_volatile(&raw const (*ops).remote_ip6[i]) };
+                ev.saddr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
+                ev.daddr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+            }
+        } else {
+            ev.saddr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+            ev.daddr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+        }
+        ev.netns = sock_netns(sk);
+    });
+    1
+}
+
+/// Fallback where no cgroup v2 is mounted: at SYN_RECV -> ESTABLISHED of an accepted socket,
+/// report the SYN-ACK round trip the kernel measured (`tcp_sock.srtt_us >> 3`).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn passive_rtt(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg::<*const c_void>(0) as u64;
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if old != TCP_SYN_RECV || new != TCP_ESTABLISHED || sk == 0 {
+        return 0;
+    }
+    let protocol: u16 = read((sk + global!(OFFSETS.kernel.sock_protocol) as u64) as *const u8);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let srtt: u32 = read((sk + global!(OFFSETS.kernel.tcp_srtt_us) as u64) as *const u8);
+    emit(&ctx, kind::PASSIVE_RTT, sk, |ev| {
+        ev.aux32 = srtt >> 3;
+        ev.newstate = TCP_SYN_RECV as u8;
+        ev.netns = sock_netns(sk);
+        // Family and local port (what per-port figures need); addresses stay unspecified.
+        let family: u16 = read((sk + global!(OFFSETS.kernel.sock_family) as u64) as *const u8);
+        ev.family = family as u8;
+        ev.sport = read((sk + global!(OFFSETS.kernel.sock_num) as u64) as *const u8);
     });
     0
 }

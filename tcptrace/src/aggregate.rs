@@ -216,6 +216,11 @@ impl Aggregator {
     /// filter (only events that pass are measured).
     pub fn apply(&mut self, ev: &Event) -> (Outcome, bool) {
         let outcome = self.table.apply(ev);
+        if let EventKind::SynReceived { cookie } = ev.kind {
+            // Bookkeeping, like the lifecycle table: the SYN waits for its accepted socket
+            // whatever the filters say; the handshake is measured (or not) when that arrives.
+            self.pending_syn(cookie, ev);
+        }
         let pass = self.cfg.filter.matches(ev, outcome.owner.map(|o| o.pid));
         if pass {
             self.matched += 1;
@@ -277,19 +282,7 @@ impl Aggregator {
                     .entry(state.map_or(NO_SOCKET, TcpState::name))
                     .or_default() += 1;
             }
-            EventKind::SynReceived { cookie } => {
-                if self.pending.len() >= self.cfg.max_pending_syns {
-                    // A SYN flood or a lost stream: drop the oldest waiting SYNs, counted.
-                    self.evict_pending();
-                }
-                self.pending.insert(
-                    (cookie, ev.local, ev.remote),
-                    PendingSyn {
-                        ts_ns: ev.ts_ns,
-                        synack_retransmits: 0,
-                    },
-                );
-            }
+            EventKind::SynReceived { .. } => {}
             EventKind::PassiveEstablished { cookie } => {
                 let Some(syn) = self.pending.remove(&(cookie, ev.local, ev.remote)) else {
                     return;
@@ -304,6 +297,20 @@ impl Aggregator {
                 self.record_passive(ev.local.port(), u64::from(rtt_us) * 1_000);
             }
         }
+    }
+
+    fn pending_syn(&mut self, cookie: u64, ev: &Event) {
+        if self.pending.len() >= self.cfg.max_pending_syns {
+            // A SYN flood or a lost stream: drop the oldest waiting SYNs, counted.
+            self.evict_pending();
+        }
+        self.pending.insert(
+            (cookie, ev.local, ev.remote),
+            PendingSyn {
+                ts_ns: ev.ts_ns,
+                synack_retransmits: 0,
+            },
+        );
     }
 
     fn record_passive(&mut self, port: u16, ns: u64) {
@@ -349,7 +356,8 @@ impl Aggregator {
             _ => {}
         }
         let life = outcome.life.as_ref().or(outcome.ended.as_ref());
-        if let Some(ns) = outcome.dwell_ns {
+        // A listener's time in LISTEN is its lifetime, not a connection's dwell.
+        if let Some(ns) = outcome.dwell_ns.filter(|_| old != Listen) {
             self.dwell.record(old, ns);
             if let Some(port) = self.service_port(ev, life)
                 && let Some(p) = self.port_stats(port)
@@ -381,6 +389,27 @@ impl Aggregator {
                 self.lifetime.record_ns(ev.ts_ns.saturating_sub(ended.first_ns));
             }
         }
+    }
+
+    /// Every histogram with its tag (as in the histogram log and `report`): `handshake.active`,
+    /// `handshake.passive`, `dwell.<STATE>`, `lifetime`, `port.<P>.handshake_passive`,
+    /// `port.<P>.dwell.<STATE>`.
+    pub fn histograms(&self) -> Vec<(String, &Hist)> {
+        let mut out = vec![
+            ("handshake.active".to_string(), &self.active),
+            ("handshake.passive".to_string(), &self.passive),
+            ("lifetime".to_string(), &self.lifetime),
+        ];
+        for (state, h) in self.dwell.iter() {
+            out.push((format!("dwell.{}", state.name()), h));
+        }
+        for (port, p) in &self.by_port {
+            out.push((format!("port.{port}.handshake_passive"), &p.handshake_passive));
+            for (state, h) in p.dwell.iter() {
+                out.push((format!("port.{port}.dwell.{}", state.name()), h));
+            }
+        }
+        out
     }
 
     /// Sockets currently tracked.

@@ -1,5 +1,5 @@
 //! Command line: what every mode shares (filters, duration, kernel options) and the modes.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -15,9 +15,12 @@ Needs root (or CAP_BPF + CAP_PERFMON), a kernel with BTF (/sys/kernel/btf/vmlinu
 and BPF ring buffers (Linux >= 5.8). No kprobes, no kernel headers.
 
 Examples:
+  tcptrace                             the live view (same as `tcptrace watch`)
   tcptrace events                      every event, one line each
   tcptrace events --json -p 443        JSON lines for port 443 only
-  tcptrace events --netns /var/run/netns/blue --duration 30s";
+  tcptrace watch --duration 1m --json-summary run.json --hdr-log run.hlog
+  tcptrace watch --record run.tcpt     ... later: tcptrace replay run.tcpt
+  tcptrace report host1.hlog host2.hlog --from 5m --to 10m";
 
 #[derive(Debug, Parser)]
 #[command(name = "tcptrace", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -39,6 +42,46 @@ pub enum Command {
     /// spent in its previous state (blank if tcptrace had not seen it enter that state), and
     /// the event.
     Events(EventsArgs),
+
+    /// Live view: handshake latency (both sides), time spent in each TCP state, connection and
+    /// retransmit rates, lost and evicted counts; refreshed every --interval.
+    Watch,
+
+    /// Run the aggregator over a recording made with --record, with all the same outputs
+    /// (--json-summary, --hdr-log, filters); prints the final view.
+    Replay(ReplayArgs),
+
+    /// Merge histogram logs written by --hdr-log (e.g. from many hosts) by metric over a time
+    /// range and print percentile tables.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The recording.
+    pub file: PathBuf,
+    /// Print every event (as `tcptrace events` would) instead of the final view.
+    #[arg(long)]
+    pub events: bool,
+    /// With --events: JSON lines.
+    #[arg(long, requires = "events")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Histogram logs to merge.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Start of the range: an offset from each log's start (30s, 5m) or a time (RFC 3339).
+    #[arg(long, value_parser = crate::report::parse_bound)]
+    pub from: Option<crate::report::Bound>,
+    /// End of the range, same forms as --from.
+    #[arg(long, value_parser = crate::report::parse_bound)]
+    pub to: Option<crate::report::Bound>,
+    /// Only metrics whose tag contains this text (e.g. `handshake`, `dwell.CLOSE_WAIT`, `port.443`).
+    #[arg(long)]
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -86,6 +129,34 @@ pub struct CommonArgs {
     /// Most sockets tracked at once; past it the least recently active are evicted (counted).
     #[arg(long, value_name = "N", default_value_t = crate::lifecycle::Table::DEFAULT_CAP, global = true)]
     pub max_sockets: usize,
+
+    /// Refresh period of the live view, and interval length of --hdr-log.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub interval: Duration,
+
+    /// At exit, write every figure of the run as JSON to FILE (atomically). Any mode.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub json_summary: Option<PathBuf>,
+
+    /// Write every histogram as an HdrHistogram interval log to FILE (one interval per
+    /// --interval), plus percentile distributions in FILE.hgrm at exit. Any mode.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub hdr_log: Option<PathBuf>,
+
+    /// Save the raw event stream to FILE, for `tcptrace replay`.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub record: Option<PathBuf>,
+
+    /// How to measure server-side handshakes: sock-ops (SYN arrival to ESTABLISHED, through a
+    /// sock_ops program on the cgroup v2 root), srtt (the kernel's SYN-ACK RTT via tp_btf), or
+    /// auto (sock-ops, else srtt).
+    #[arg(long, value_enum, default_value_t = crate::source::kernel::PassiveChoice::Auto, global = true)]
+    pub passive_method: crate::source::kernel::PassiveChoice,
+
+    /// Most ports broken out per port (by local port for accepted sockets, by remote port for
+    /// active handshakes); further ports are counted, not broken out.
+    #[arg(long, value_name = "N", default_value_t = 64, global = true)]
+    pub max_ports: usize,
 
     /// Print the kernel programs' aya-log debug lines to stderr (slow; for debugging tcptrace).
     #[arg(long, global = true, hide_short_help = true)]

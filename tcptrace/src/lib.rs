@@ -1,13 +1,17 @@
 //! tcptrace: watch every TCP connection through the kernel's tracepoints.
 //!
 //! The shape: **sources** (the kernel ring buffer, a recorded file) produce one typed stream of
-//! [`event::Event`]s; a pure **aggregator** turns events into measurements; **sinks** render them.
+//! [`event::Event`]s; a pure **aggregator** ([`aggregate`]) turns events into measurements;
+//! **sinks** ([`sink`]) render them: event lines, the live view, the JSON summary, histogram logs.
 pub mod aggregate;
+pub mod cli;
 pub mod event;
-pub mod hist;
 pub mod filter;
+pub mod hist;
 pub mod lifecycle;
+pub mod output;
+pub mod pipeline;
+pub mod report;
+pub mod run;
 pub mod sink;
 pub mod source;
-pub mod cli;
-pub mod run;

@@ -1,21 +1,27 @@
 //! `tcptrace`: the command-line front end. Errors are one line, naming the fix, exit 1.
 use std::{
-    io::{self, BufWriter, ErrorKind},
+    io::{self, BufWriter, IsTerminal as _, Write as _},
     process::ExitCode,
 };
 
-use anyhow::Context as _;
 use clap::Parser as _;
 use tcptrace::{
-    cli::{Cli, Command, CommonArgs, EventsArgs},
+    aggregate::{AggregatorConfig, PassiveMethod},
+    cli::{Cli, Command, CommonArgs, EventsArgs, ReplayArgs, ReportArgs},
     filter::{Family, Filter, parse_netns},
-    lifecycle::Table,
+    pipeline::{Outputs, Pipeline},
+    report,
     run::{Flow, run_live},
     sink::{
-        WallClock,
+        WallClock, monotonic_now_ns,
         events::{EventsSink, Format},
+        summary::Summary,
+        watch,
     },
-    source::kernel::{KernelOptions, KernelSource},
+    source::{
+        kernel::{KernelOptions, KernelSource},
+        record::Replay,
+    },
 };
 
 fn main() -> ExitCode {
@@ -45,11 +51,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let command = cli
-        .command
-        .unwrap_or(Command::Events(EventsArgs::default()));
-    match command {
-        Command::Events(args) => events(&cli.common, &args).await,
+    let common = &cli.common;
+    match cli.command.unwrap_or(Command::Watch) {
+        Command::Events(args) => live(common, Some(&args)).await,
+        Command::Watch => live(common, None).await,
+        Command::Replay(args) => replay(common, &args),
+        Command::Report(args) => report_cmd(&args),
     }
 }
 
@@ -66,73 +73,170 @@ fn filter_from(common: &CommonArgs) -> anyhow::Result<Filter> {
     })
 }
 
-fn open_kernel(common: &CommonArgs) -> anyhow::Result<KernelSource> {
-    let src = KernelSource::open(&KernelOptions {
+fn agg_config(common: &CommonArgs, passive: PassiveMethod) -> anyhow::Result<AggregatorConfig> {
+    Ok(AggregatorConfig {
+        filter: filter_from(common)?,
+        max_sockets: common.max_sockets,
+        max_ports: common.max_ports,
+        passive_method: passive,
+        ..AggregatorConfig::default()
+    })
+}
+
+fn outputs(common: &CommonArgs) -> anyhow::Result<Outputs> {
+    Outputs::open(
+        common.record.as_deref(),
+        common.hdr_log.as_deref(),
+        common.json_summary.as_deref(),
+        common.interval,
+    )
+}
+
+type Stdout = BufWriter<io::StdoutLock<'static>>;
+
+fn stdout() -> Stdout {
+    BufWriter::with_capacity(1 << 16, io::stdout().lock())
+}
+
+/// `events` (with `args`) or `watch` (without) on the live kernel.
+async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<()> {
+    // Everything that can fail on bad input fails before any probe is attached.
+    let filter_cfg = agg_config(common, PassiveMethod::SockOps)?;
+    let out = outputs(common)?;
+    let mut src = KernelSource::open(&KernelOptions {
         ring_bytes: common.ring_size,
         debug_bpf: common.debug_bpf,
+        passive: common.passive_method,
     })?;
     if src.mounted_tracefs {
         eprintln!("tcptrace: tracefs was not mounted; mounted it at /sys/kernel/tracing");
+    }
+    if let Some(note) = &src.passive_note {
+        eprintln!(
+            "tcptrace: passive handshakes measured by srtt (SYN-ACK RTT): {note}"
+        );
     }
     eprintln!(
         "tcptrace: attached {} programs ({}); Ctrl-C to stop",
         src.attached.len(),
         src.attached.join(", ")
     );
-    Ok(src)
-}
-
-async fn events(common: &CommonArgs, args: &EventsArgs) -> anyhow::Result<()> {
-    let filter = filter_from(common)?;
-    let mut src = open_kernel(common)?;
+    let cfg = AggregatorConfig {
+        passive_method: src.passive_method,
+        ..filter_cfg
+    };
     let clock = WallClock::now();
-    let format = if args.json { Format::Json } else { Format::Text };
-    let mut sink = EventsSink::new(
-        BufWriter::with_capacity(1 << 16, io::stdout().lock()),
-        format,
-        clock,
-    );
-    let mut table = Table::new(common.max_sockets);
-    let mut shown = 0u64;
+    let events = args.map(|a| {
+        let format = if a.json { Format::Json } else { Format::Text };
+        EventsSink::new(stdout(), format, clock)
+    });
+    let mut pipe = Pipeline::new(cfg, events, out, clock);
+    let start_ns = monotonic_now_ns();
+    pipe.begin(start_ns)?;
+    let watching = args.is_none();
+    let tty = io::stdout().is_terminal();
+    let passive_note = src.passive_note.clone();
+    let mut prev = watch::Previous::default();
+    // The pipeline is used by both callbacks; they never run at the same time.
+    let pipe = std::cell::RefCell::new(pipe);
     let stats = run_live(
         &mut src,
         common.duration,
-        |batch| {
-            for ev in batch {
-                let outcome = table.apply(ev);
-                if !filter.matches(ev, outcome.owner.map(|o| o.pid)) {
-                    continue;
-                }
-                shown += 1;
-                if let Err(e) = sink.write(ev, &outcome) {
-                    return output_error(e);
-                }
+        common.interval,
+        |batch| pipe.borrow_mut().batch(batch),
+        |stats| {
+            if !watching {
+                return Ok(());
             }
-            match sink.flush() {
-                Ok(()) => Ok(Flow::Continue),
-                Err(e) => output_error(e),
+            let p = pipe.borrow();
+            let mut totals = p.totals;
+            totals.lost = stats.kernel.lost;
+            totals.undecodable = stats.undecodable;
+            let frame = watch::render(
+                &p.agg,
+                &totals,
+                stats.elapsed.as_secs_f64(),
+                &mut prev,
+                passive_note.as_deref(),
+            );
+            let mut o = io::stdout().lock();
+            let r = if tty {
+                write!(o, "\x1b[H\x1b[2J{frame}")
+            } else {
+                writeln!(o, "{frame}")
+            };
+            match r.and_then(|()| o.flush()) {
+                Ok(()) => Ok(()),
+                Err(e) => tcptrace::run::output_error(e).map(|_| ()),
             }
         },
-        |_| Ok(()),
     )
     .await?;
-    let t = table.stats();
-    eprintln!(
-        "tcptrace: {} events received, {} shown, {} lost (ring buffer full), {} undecodable, {} sockets evicted, {:.1}s",
-        stats.received,
-        shown,
-        stats.kernel.lost,
-        stats.undecodable,
-        t.evicted,
-        stats.elapsed.as_secs_f64()
-    );
+    let pipe = pipe.into_inner();
+    let shown = pipe.shown;
+    let summary = pipe.finish(monotonic_now_ns(), stats.kernel.lost, stats.undecodable)?;
+    closing_line(&summary, args.is_some().then_some(shown));
     Ok(())
 }
 
-/// A closed pipe ends the run quietly; anything else is an error.
-fn output_error(e: io::Error) -> anyhow::Result<Flow> {
-    if e.kind() == ErrorKind::BrokenPipe {
-        return Ok(Flow::Stop);
+fn closing_line(s: &Summary, shown: Option<u64>) {
+    let shown = shown.map_or(String::new(), |n| format!("{n} shown, "));
+    eprintln!(
+        "tcptrace: {} events received, {shown}{} lost (ring buffer full), {} undecodable, {} sockets evicted, {:.1}s",
+        s.events.received, s.events.lost, s.events.undecodable, s.sockets.evicted, s.duration_s
+    );
+}
+
+fn replay(common: &CommonArgs, args: &ReplayArgs) -> anyhow::Result<()> {
+    let mut rec = Replay::open(&args.file)?;
+    let cfg = agg_config(common, rec.header.passive_method)?;
+    let out = outputs(common)?;
+    let clock = WallClock::with_offset(i128::from(rec.header.wall_offset_ns));
+    let events = args.events.then(|| {
+        let format = if args.json { Format::Json } else { Format::Text };
+        EventsSink::new(stdout(), format, clock)
+    });
+    let mut pipe = Pipeline::new(cfg, events, out, clock);
+    pipe.begin(rec.header.start_ns)?;
+    let mut batch = Vec::with_capacity(4096);
+    loop {
+        let next = rec.next_event()?;
+        let done = next.is_none();
+        if let Some(ev) = next {
+            batch.push(ev);
+        }
+        if (done || batch.len() == batch.capacity()) && !batch.is_empty() {
+            if let Flow::Stop = pipe.batch(&batch)? {
+                break;
+            }
+            batch.clear();
+        }
+        if done {
+            break;
+        }
     }
-    Err(e).context("writing to standard output")
+    let trailer = rec.trailer().unwrap_or_default();
+    if !args.events {
+        let mut totals = pipe.totals;
+        totals.lost = trailer.lost;
+        totals.undecodable = trailer.undecodable;
+        let secs = trailer.end_ns.saturating_sub(rec.header.start_ns) as f64 / 1e9;
+        let frame = watch::render(
+            &pipe.agg,
+            &totals,
+            secs,
+            &mut watch::Previous::default(),
+            None,
+        );
+        print!("{frame}");
+    }
+    let summary = pipe.finish(trailer.end_ns, trailer.lost, trailer.undecodable)?;
+    closing_line(&summary, None);
+    Ok(())
+}
+
+fn report_cmd(args: &ReportArgs) -> anyhow::Result<()> {
+    let text = report::run(&args.files, args.from, args.to, args.tag.as_deref())?;
+    print!("{text}");
+    Ok(())
 }

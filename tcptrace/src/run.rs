@@ -2,6 +2,8 @@
 //! stop cleanly on Ctrl-C, SIGTERM or `--duration`, and make losses visible.
 use std::time::{Duration, Instant};
 
+use std::io::{self, ErrorKind};
+
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -49,6 +51,7 @@ async fn stop_requested(duration: Option<Duration>) -> anyhow::Result<()> {
 pub async fn run_live(
     src: &mut KernelSource,
     duration: Option<Duration>,
+    tick_every: Duration,
     mut consume: impl FnMut(&[Event]) -> anyhow::Result<Flow>,
     mut tick: impl FnMut(&RunStats) -> anyhow::Result<()>,
 ) -> anyhow::Result<RunStats> {
@@ -81,7 +84,7 @@ pub async fn run_live(
             );
         }
         let flow = consume(&batch)?;
-        if last_tick.elapsed() >= Duration::from_secs(1) || stopping {
+        if last_tick.elapsed() >= tick_every || stopping {
             last_tick = Instant::now();
             stats.kernel = src.counters();
             stats.elapsed = started.elapsed();
@@ -101,4 +104,12 @@ pub async fn run_live(
     stats.kernel = src.counters();
     stats.elapsed = started.elapsed();
     Ok(stats)
+}
+
+/// A closed pipe ends the run quietly; anything else is an error.
+pub fn output_error(e: io::Error) -> anyhow::Result<Flow> {
+    if e.kind() == ErrorKind::BrokenPipe {
+        return Ok(Flow::Stop);
+    }
+    Err(e).context("writing to standard output")
 }

@@ -13,7 +13,10 @@ impl Counters {
     pub fn read(ns: &Netns) -> Counters {
         ns.run(|| {
             let mut m = HashMap::new();
-            for f in ["/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat"] {
+            for f in [
+                "/proc/thread-self/net/snmp",
+                "/proc/thread-self/net/netstat",
+            ] {
                 let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("read {f}: {e}"));
                 parse_into(&text, &mut m);
             }

@@ -5,8 +5,25 @@ use serde_json::Value;
 
 /// Every event carries all of these (null where not applicable).
 pub const FIELDS: &[&str] = &[
-    "time", "ts_ns", "kind", "skaddr", "pid", "tid", "comm", "netns", "family", "laddr", "lport",
-    "raddr", "rport", "old_state", "new_state", "state", "dwell_ms", "reason", "owner_pid",
+    "time",
+    "ts_ns",
+    "kind",
+    "skaddr",
+    "pid",
+    "tid",
+    "comm",
+    "netns",
+    "family",
+    "laddr",
+    "lport",
+    "raddr",
+    "rport",
+    "old_state",
+    "new_state",
+    "state",
+    "dwell_ms",
+    "reason",
+    "owner_pid",
     "owner_comm",
 ];
 
@@ -89,8 +106,16 @@ fn show(v: &Value) -> String {
 /// One line per event, for assertion messages.
 pub fn describe(e: &Value) -> String {
     let what = match e.kind() {
-        "state" => format!("{}->{}", show(e.field("old_state")), show(e.field("new_state"))),
-        k => format!("{k}[state={} reason={}]", show(e.field("state")), show(e.field("reason"))),
+        "state" => format!(
+            "{}->{}",
+            show(e.field("old_state")),
+            show(e.field("new_state"))
+        ),
+        k => format!(
+            "{k}[state={} reason={}]",
+            show(e.field("state")),
+            show(e.field("reason"))
+        ),
     };
     format!(
         "ts={} {:<28} sk={} {} {}:{} -> {}:{} pid={} tid={} comm={} owner={}/{} netns={} dwell_ms={}",
@@ -128,6 +153,26 @@ pub fn describe_all<'a>(evs: impl IntoIterator<Item = &'a Value>) -> String {
 pub fn on_socket<'a>(evs: &'a [Value], skaddr: &str) -> Vec<&'a Value> {
     let mut v: Vec<&Value> = evs.iter().filter(|e| e.skaddr() == skaddr).collect();
     v.sort_by_key(|e| e.ts_ns());
+    v
+}
+
+/// One socket's life: the events on `first`'s socket address (in its namespace) from `first`
+/// on, up to and including its first transition to CLOSE. Kernel socket addresses are reused
+/// as soon as a socket is freed, so a bare address match may mix several sockets.
+pub fn socket_life<'a>(evs: &'a [Value], first: &Value) -> Vec<&'a Value> {
+    let mut v: Vec<&Value> = evs
+        .iter()
+        .filter(|e| {
+            e.skaddr() == first.skaddr() && e.netns() == first.netns() && e.ts_ns() >= first.ts_ns()
+        })
+        .collect();
+    v.sort_by_key(|e| e.ts_ns());
+    if let Some(end) = v
+        .iter()
+        .position(|e| e.kind() == "state" && e.str_of("new_state") == Some("CLOSE"))
+    {
+        v.truncate(end + 1);
+    }
     v
 }
 

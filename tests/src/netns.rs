@@ -19,7 +19,10 @@ pub fn gettid() -> i32 {
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock of the tracer's `ts_ns`).
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid timespec to write to.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0);
@@ -113,7 +116,8 @@ impl Netns {
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut c = self.command(args[0]);
         c.args(&args[1..]).stdin(Stdio::null());
-        c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
+        c.output()
+            .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
     }
 }
 
@@ -125,7 +129,10 @@ impl Default for Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        match Command::new("ip").args(["netns", "del", &self.name]).output() {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
             Ok(o) if o.status.success() => {}
             Ok(o) => eprintln!(
                 "warning: ip netns del {} failed: {}",
@@ -159,7 +166,9 @@ pub fn nft(ns: &Netns, ruleset: &str) {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
     child
         .stdin
         .take()

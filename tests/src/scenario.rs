@@ -24,7 +24,10 @@ pub fn accept_timeout(l: &TcpListener, limit: Duration) -> (TcpStream, SocketAdd
                 return (s, a);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(start.elapsed() < limit, "no connection to accept within {limit:?}");
+                assert!(
+                    start.elapsed() < limit,
+                    "no connection to accept within {limit:?}"
+                );
                 thread::sleep(Duration::from_millis(1));
             }
             Err(e) => panic!("accept: {e}"),
@@ -105,11 +108,10 @@ pub fn exchange(ns: &Netns, addr: SocketAddr, hold: Duration) -> Exchange {
                 close_end,
                 connect_start_ns,
                 connect_end_ns,
-            ) =
-                match client.join() {
-                    Ok(v) => v,
-                    Err(p) => std::panic::resume_unwind(p),
-                };
+            ) = match client.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            };
             let server_peer = match server.join() {
                 Ok(v) => v,
                 Err(p) => std::panic::resume_unwind(p),

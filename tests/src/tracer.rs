@@ -327,7 +327,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             s,
-            Summary { received: 4, shown: 3, lost: 0, undecodable: 1, evicted: 2, secs: 4.0 }
+            Summary {
+                received: 4,
+                shown: 3,
+                lost: 0,
+                undecodable: 1,
+                evicted: 2,
+                secs: 4.0
+            }
         );
         assert!(parse_summary("tcptrace: attached 5 programs").is_none());
     }

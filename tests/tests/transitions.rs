@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
-use tcptrace_tests::events::{on_socket, state_path, the_one};
+use tcptrace_tests::events::{socket_life, state_path, the_one};
 use tcptrace_tests::scenario::{CLIENT_THREAD, SERVER_THREAD, exchange};
 use tcptrace_tests::{EventExt, Netns, Tracer, describe_all};
 
@@ -32,21 +32,40 @@ fn check(ip: IpAddr, port: u16) {
                 tcptrace_tests::describe(e)
             ));
         }
-        assert_eq!(e.str_of("family"), Some(family), "family of\n  {}", tcptrace_tests::describe(e));
+        assert_eq!(
+            e.str_of("family"),
+            Some(family),
+            "family of\n  {}",
+            tcptrace_tests::describe(e)
+        );
     }
 
     // --- the client socket ---
     let syn = the_one(evs, "the client's CLOSE->SYN_SENT", |e| {
         e.is_transition("CLOSE", "SYN_SENT") && e.rport() == Some(port as u64)
     });
-    let client = on_socket(evs, syn.skaddr());
-    let ctx = format!("client socket {} events:\n{}", syn.skaddr(), describe_all(client.iter().copied()));
+    let client = socket_life(evs, syn);
+    let ctx = format!(
+        "client socket {} events:\n{}",
+        syn.skaddr(),
+        describe_all(client.iter().copied())
+    );
     assert_eq!(
         state_path(&client),
-        ["CLOSE", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"],
+        [
+            "CLOSE",
+            "SYN_SENT",
+            "ESTABLISHED",
+            "FIN_WAIT1",
+            "FIN_WAIT2",
+            "CLOSE"
+        ],
         "client state path; {ctx}"
     );
-    assert!(client.iter().all(|e| e.kind() == "state"), "client had non-state events; {ctx}");
+    assert!(
+        client.iter().all(|e| e.kind() == "state"),
+        "client had non-state events; {ctx}"
+    );
     for (i, e) in client.iter().enumerate() {
         assert_eq!(e.raddr(), Some(ip), "client raddr; {ctx}");
         assert_eq!(e.rport(), Some(port as u64), "client rport; {ctx}");
@@ -58,14 +77,30 @@ fn check(ip: IpAddr, port: u16) {
                 "CLOSE->SYN_SENT lport must be 0 or the client's port; {ctx}"
             );
         } else {
-            assert_eq!(e.lport(), Some(ex.client_local.port() as u64), "client lport; {ctx}");
+            assert_eq!(
+                e.lport(),
+                Some(ex.client_local.port() as u64),
+                "client lport; {ctx}"
+            );
         }
-        assert_eq!(e.u64_of("owner_pid"), Some(me), "client owner_pid (connect() ran in this process); {ctx}");
+        assert_eq!(
+            e.u64_of("owner_pid"),
+            Some(me),
+            "client owner_pid (connect() ran in this process); {ctx}"
+        );
     }
     // Who connected: this process, on the client thread.
     assert_eq!(syn.u64_of("pid"), Some(me), "CLOSE->SYN_SENT pid; {ctx}");
-    assert_eq!(syn.u64_of("tid"), Some(ex.client_tid as u64), "CLOSE->SYN_SENT tid; {ctx}");
-    assert_eq!(syn.str_of("comm"), Some(CLIENT_THREAD), "CLOSE->SYN_SENT comm; {ctx}");
+    assert_eq!(
+        syn.u64_of("tid"),
+        Some(ex.client_tid as u64),
+        "CLOSE->SYN_SENT tid; {ctx}"
+    );
+    assert_eq!(
+        syn.str_of("comm"),
+        Some(CLIENT_THREAD),
+        "CLOSE->SYN_SENT comm; {ctx}"
+    );
     // ts_ns is CLOCK_MONOTONIC: the SYN_SENT transition happened inside connect().
     assert!(
         (ex.connect_start_ns..=ex.connect_end_ns).contains(&syn.ts_ns()),
@@ -98,36 +133,66 @@ fn check(ip: IpAddr, port: u16) {
         "ESTABLISHED dwell {est_ms} ms outside what the client measured [{lo:.3}, {hi:.3}] ms; {ctx}"
     );
     // The client's close() ran on the client thread.
-    assert_eq!(fin1.u64_of("tid"), Some(ex.client_tid as u64), "ESTABLISHED->FIN_WAIT1 tid; {ctx}");
+    assert_eq!(
+        fin1.u64_of("tid"),
+        Some(ex.client_tid as u64),
+        "ESTABLISHED->FIN_WAIT1 tid; {ctx}"
+    );
 
     // --- the server's child socket ---
     let child0 = the_one(evs, "the server child's LISTEN->SYN_RECV", |e| {
         e.is_transition("LISTEN", "SYN_RECV") && e.lport() == Some(port as u64)
     });
-    let server = on_socket(evs, child0.skaddr());
-    let sctx = format!("server child {} events:\n{}", child0.skaddr(), describe_all(server.iter().copied()));
+    let server = socket_life(evs, child0);
+    let sctx = format!(
+        "server child {} events:\n{}",
+        child0.skaddr(),
+        describe_all(server.iter().copied())
+    );
     assert_eq!(
         state_path(&server),
-        ["LISTEN", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"],
+        [
+            "LISTEN",
+            "SYN_RECV",
+            "ESTABLISHED",
+            "CLOSE_WAIT",
+            "LAST_ACK",
+            "CLOSE"
+        ],
         "server child state path; {sctx}"
     );
-    assert!(server.iter().all(|e| e.kind() == "state"), "server child had non-state events; {sctx}");
+    assert!(
+        server.iter().all(|e| e.kind() == "state"),
+        "server child had non-state events; {sctx}"
+    );
     for e in &server {
         assert_eq!(e.laddr(), Some(ip), "server laddr; {sctx}");
         assert_eq!(e.lport(), Some(port as u64), "server lport; {sctx}");
         assert_eq!(e.raddr(), Some(ex.server_peer.ip()), "server raddr; {sctx}");
-        assert_eq!(e.rport(), Some(ex.server_peer.port() as u64), "server rport (the client's port); {sctx}");
+        assert_eq!(
+            e.rport(),
+            Some(ex.server_peer.port() as u64),
+            "server rport (the client's port); {sctx}"
+        );
     }
     let last_ack = server[3];
     assert!(last_ack.is_transition("CLOSE_WAIT", "LAST_ACK"));
-    assert_eq!(last_ack.u64_of("pid"), Some(me), "CLOSE_WAIT->LAST_ACK (the server's close()) pid; {sctx}");
-    assert_eq!(last_ack.str_of("comm"), Some(SERVER_THREAD), "CLOSE_WAIT->LAST_ACK comm; {sctx}");
+    assert_eq!(
+        last_ack.u64_of("pid"),
+        Some(me),
+        "CLOSE_WAIT->LAST_ACK (the server's close()) pid; {sctx}"
+    );
+    assert_eq!(
+        last_ack.str_of("comm"),
+        Some(SERVER_THREAD),
+        "CLOSE_WAIT->LAST_ACK comm; {sctx}"
+    );
 
     // --- the listener ---
     let listen = the_one(evs, "the listener's CLOSE->LISTEN", |e| {
         e.is_transition("CLOSE", "LISTEN") && e.lport() == Some(port as u64)
     });
-    let listener = on_socket(evs, listen.skaddr());
+    let listener = socket_life(evs, listen);
     assert_eq!(
         state_path(&listener),
         ["CLOSE", "LISTEN", "CLOSE"],

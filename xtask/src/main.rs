@@ -36,7 +36,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// What `cargo xtask run` passes to tcptrace when given no arguments.
-pub const DEFAULT_RUN_ARGS: &[&str] = &["events"];
+pub const DEFAULT_RUN_ARGS: &[&str] = &["watch"];
 
 /// The bpf-linker release built by `setup` (the newest that builds with this project's rustc).
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -152,6 +152,16 @@ pub struct KernelOffsets {
     pub skb_dev: u32,
     /// `struct net_device` -> `nd_net` (a `possible_net_t`).
     pub dev_net: u32,
+    /// `struct sock` -> `sk_protocol` (u16), for the tp_btf program.
+    pub sock_protocol: u32,
+    /// `struct tcp_sock` -> `srtt_us` (u32, smoothed RTT << 3), for the tp_btf program.
+    pub tcp_srtt_us: u32,
+    /// `struct sock` -> `__sk_common.skc_family` (u16) and `.skc_num` (local port, host order).
+    pub sock_family: u32,
+    pub sock_num: u32,
+    /// `struct bpf_sock_ops_kern` -> `sk`: the socket (request socket for a SYN) behind a
+    /// sock_ops context, read as a plain address.
+    pub sock_ops_sk: u32,
     pub _pad: u32,
 }
 

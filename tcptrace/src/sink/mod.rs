@@ -70,3 +70,6 @@ mod tests {
         assert!(skew.as_millis() < 1000, "{skew:?}");
     }
 }
+pub mod hdrlog;
+pub mod summary;
+pub mod watch;

@@ -1,2 +1,3 @@
 //! Where events come from. Every source yields the same typed [`crate::event::Event`]s.
 pub mod kernel;
+pub mod record;

@@ -22,10 +22,25 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 pub use offsets::TRACEPOINTS;
 
-use crate::event::{DecodeError, Event};
+use crate::{
+    aggregate::PassiveMethod,
+    event::{DecodeError, Event},
+};
 
 /// How often the reader drains the ring buffer when the kernel has not woken it.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How to measure passive (server-side) handshakes; see [`PassiveMethod`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PassiveChoice {
+    /// sock_ops on the cgroup v2 root if it can attach, else srtt.
+    #[default]
+    Auto,
+    /// sock_ops only (fail if it cannot attach).
+    SockOps,
+    /// The kernel's SYN-ACK RTT estimate via tp_btf (no cgroup needed).
+    Srtt,
+}
 
 #[derive(Clone, Debug)]
 pub struct KernelOptions {
@@ -33,6 +48,7 @@ pub struct KernelOptions {
     pub ring_bytes: u32,
     /// Emit aya-log debug lines from the kernel programs.
     pub debug_bpf: bool,
+    pub passive: PassiveChoice,
 }
 
 impl Default for KernelOptions {
@@ -40,8 +56,24 @@ impl Default for KernelOptions {
         KernelOptions {
             ring_bytes: 16 << 20,
             debug_bpf: false,
+            passive: PassiveChoice::Auto,
         }
     }
+}
+
+/// The cgroup v2 mount point, from /proc/mounts (hosts differ: /sys/fs/cgroup or
+/// /sys/fs/cgroup/unified on hybrid layouts).
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    cgroup2_in_mounts(&mounts)
+}
+
+fn cgroup2_in_mounts(mounts: &str) -> Option<std::path::PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| std::path::PathBuf::from(dir))
+    })
 }
 
 /// Loaded and attached programs plus the reader's end of the ring buffer.
@@ -55,6 +87,9 @@ pub struct KernelSource {
     _ebpf: Ebpf,
     pub attached: Vec<&'static str>,
     pub mounted_tracefs: bool,
+    /// How passive handshakes are measured on this run, and why if it is the fallback.
+    pub passive_method: PassiveMethod,
+    pub passive_note: Option<String>,
 }
 
 /// Counters kept by the kernel side.
@@ -165,6 +200,12 @@ impl KernelSource {
             attached.push(prog);
         }
 
+        let (passive_method, passive_note) = attach_passive(&mut ebpf, opts.passive)?;
+        attached.push(match passive_method {
+            PassiveMethod::SockOps => "tcp_sockops",
+            PassiveMethod::Srtt => "passive_rtt",
+        });
+
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| anyhow!("kernel object has no EVENTS map (build problem)"))?,
@@ -185,6 +226,8 @@ impl KernelSource {
             _ebpf: ebpf,
             attached,
             mounted_tracefs,
+            passive_method,
+            passive_note,
         })
     }
 
@@ -242,6 +285,66 @@ impl KernelSource {
     }
 }
 
+/// Attaches the passive-handshake probe: sock_ops on the cgroup v2 root, or the tp_btf srtt
+/// fallback. Returns the method and, for the fallback under `auto`, why.
+fn attach_passive(
+    ebpf: &mut Ebpf,
+    choice: PassiveChoice,
+) -> anyhow::Result<(PassiveMethod, Option<String>)> {
+    let sock_ops_error = if choice == PassiveChoice::Srtt {
+        None
+    } else {
+        match attach_sock_ops(ebpf) {
+            Ok(()) => return Ok((PassiveMethod::SockOps, None)),
+            Err(e) if choice == PassiveChoice::SockOps => return Err(e),
+            Err(e) => Some(first_line(&format!("{e:#}"))),
+        }
+    };
+    let btf = aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF: {e}"))?;
+    let p: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut("passive_rtt")
+        .ok_or_else(|| anyhow!("kernel object has no program passive_rtt (build problem)"))?
+        .try_into()
+        .map_err(|e| anyhow!("program passive_rtt: {e}"))?;
+    p.load("inet_sock_set_state", &btf)
+        .map_err(|e| anyhow!("loading passive_rtt (tp_btf/inet_sock_set_state): {e:#}"))?;
+    p.attach()
+        .map_err(|e| anyhow!("attaching passive_rtt (tp_btf/inet_sock_set_state): {e:#}"))?;
+    Ok((
+        PassiveMethod::Srtt,
+        sock_ops_error.map(|e| format!("sock_ops unavailable ({e})")),
+    ))
+}
+
+fn attach_sock_ops(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let root = cgroup2_mount().ok_or_else(|| anyhow!("no cgroup v2 mount in /proc/mounts"))?;
+    let cgroup = std::fs::File::open(&root)
+        .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    let p: &mut aya::programs::SockOps = ebpf
+        .program_mut("tcp_sockops")
+        .ok_or_else(|| anyhow!("kernel object has no program tcp_sockops (build problem)"))?
+        .try_into()
+        .map_err(|e| anyhow!("program tcp_sockops: {e}"))?;
+    p.load()
+        .map_err(|e| anyhow!("loading tcp_sockops: {}", first_line(&format!("{e:#}"))))?;
+    p.attach(cgroup, aya::programs::CgroupAttachMode::Single)
+        .map_err(|e| anyhow!("attaching tcp_sockops to {}: {e:#}", root.display()))?;
+    Ok(())
+}
+
+/// Verifier logs run to hundreds of lines: keep the first line and the verifier's verdict.
+fn first_line(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    let verdict = text
+        .lines()
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed ") && *l != ")");
+    match verdict {
+        Some(v) if v != first => format!("{first} ... {v}"),
+        _ => first.to_string(),
+    }
+}
+
 fn load_error(e: &aya::EbpfError) -> anyhow::Error {
     let text = format!("{e:#}");
     if text.contains("EPERM") || text.contains("Operation not permitted") {
@@ -250,4 +353,23 @@ fn load_error(e: &aya::EbpfError) -> anyhow::Error {
         );
     }
     anyhow!("loading tcptrace's kernel programs failed: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_wherever_it_is() {
+        let hybrid = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_in_mounts(hybrid),
+            Some("/sys/fs/cgroup/unified".into())
+        );
+        assert_eq!(
+            cgroup2_in_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"),
+            Some("/sys/fs/cgroup".into())
+        );
+        assert_eq!(cgroup2_in_mounts("proc /proc proc rw 0 0\n"), None);
+    }
 }

@@ -106,6 +106,12 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         net_inum: sized("net", "ns.inum", 4)?,
         skb_dev: sized("sk_buff", "dev", 8)?,
         dev_net: sized("net_device", "nd_net", 8)?,
+        // Only the srtt fallback needs these; a kernel without them just lacks that fallback.
+        sock_protocol: btf.member("sock", "sk_protocol").map_or(u32::MAX, |m| m.offset),
+        tcp_srtt_us: btf.member("tcp_sock", "srtt_us").map_or(u32::MAX, |m| m.offset),
+        sock_family: sized("sock", "__sk_common.skc_family", 2)?,
+        sock_num: sized("sock", "__sk_common.skc_num", 2)?,
+        sock_ops_sk: sized("bpf_sock_ops_kern", "sk", 8)?,
         _pad: 0,
     })
     .context("reading struct layouts from /sys/kernel/btf/vmlinux")

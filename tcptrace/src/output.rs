@@ -1,0 +1,117 @@
+//! Files tcptrace writes: created without following symlinks, mode 0644 at most, and checked
+//! before any probe is attached so a bad path fails early with nothing half-written.
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+
+/// Creates (or truncates) `path` for writing, refusing to follow a symlink at `path`.
+pub fn create(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// A file written all at once at exit: content goes to a temporary file beside the target,
+/// which is renamed over it, so readers never see half a file.
+#[derive(Debug)]
+pub struct AtomicFile {
+    target: PathBuf,
+    tmp: PathBuf,
+}
+
+impl AtomicFile {
+    /// Checks now that the target's directory is writable (by creating the temporary file).
+    pub fn prepare(target: &Path) -> anyhow::Result<AtomicFile> {
+        let name = target
+            .file_name()
+            .with_context(|| format!("{} is not a file path", target.display()))?;
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if target.is_dir() {
+            anyhow::bail!("{} is a directory", target.display());
+        }
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        Ok(AtomicFile {
+            target: target.to_path_buf(),
+            tmp,
+        })
+    }
+
+    pub fn commit(self, content: &[u8]) -> anyhow::Result<()> {
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&self.tmp)?;
+            f.write_all(content)?;
+            f.sync_all()?;
+            std::fs::rename(&self.tmp, &self.target)
+        };
+        write().with_context(|| format!("writing {}", self.target.display()))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        // Not committed (or committed: then the temporary name no longer exists).
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_file_replaces_whole() {
+        let dir = std::env::temp_dir().join(format!("tcptrace-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("s.json");
+        std::fs::write(&target, b"old").unwrap();
+        let f = AtomicFile::prepare(&target).unwrap();
+        f.commit(b"new").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        // Dropped without commit: target untouched, no temporary left behind.
+        let f = AtomicFile::prepare(&target).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        assert!(AtomicFile::prepare(&dir.join("nodir/x.json")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn create_refuses_symlinks() {
+        let dir = std::env::temp_dir().join(format!("tcptrace-sym-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
+        assert!(create(&link).is_err());
+        assert!(!dir.join("elsewhere").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,142 @@
+//! `tcptrace watch`: the live view. Redrawn every `--interval` on a terminal; plain periodic text
+//! blocks when stdout is not one (logs, pipes). Fits 80 columns.
+use std::fmt::Write as _;
+
+use crate::{
+    aggregate::Aggregator,
+    hist::{Hist, human_us},
+    sink::summary::SourceTotals,
+};
+
+/// Rates are computed between two consecutive renders.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Previous {
+    opens: u64,
+    closed: u64,
+    retransmits: u64,
+    secs: f64,
+}
+
+fn row(out: &mut String, name: &str, h: &Hist) {
+    let s = h.summary();
+    let _ = writeln!(
+        out,
+        "  {:<14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        name,
+        s.count,
+        human_us(s.p50_us),
+        human_us(s.p90_us),
+        human_us(s.p99_us),
+        human_us(s.p999_us),
+        human_us(s.max_us)
+    );
+}
+
+/// Renders one frame. `elapsed_s` is the time since tracing started.
+pub fn render(
+    agg: &Aggregator,
+    totals: &SourceTotals,
+    elapsed_s: f64,
+    prev: &mut Previous,
+    passive_note: Option<&str>,
+) -> String {
+    let mut out = String::new();
+    let t = agg.table_stats();
+    let opens = agg.active_opens + agg.passive_opens;
+    let dt = (elapsed_s - prev.secs).max(1e-3);
+    let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
+    let _ = writeln!(
+        out,
+        "tcptrace watch  {:.0}s  events {}  lost {}  evicted {}  undecodable {}",
+        elapsed_s, totals.received, totals.lost, t.evicted, totals.undecodable
+    );
+    let _ = writeln!(
+        out,
+        "connections/s  opened {:.1}  closed {:.1}   tracked sockets {}",
+        rate(opens, prev.opens),
+        rate(agg.closed, prev.closed),
+        agg.tracked()
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "HANDSHAKE", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"
+    );
+    row(&mut out, "active", &agg.active);
+    row(
+        &mut out,
+        &format!("passive/{}", agg.config().passive_method.name()),
+        &agg.passive,
+    );
+    if let Some(note) = passive_note {
+        let _ = writeln!(out, "  ({note})");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "TIME IN STATE", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"
+    );
+    for (state, h) in agg.dwell.iter() {
+        row(&mut out, state.name(), h);
+    }
+    row(&mut out, "(lifetime)", &agg.lifetime);
+    let r = &agg.retransmits;
+    let _ = writeln!(
+        out,
+        "\nRETRANSMITS/s {:.1}  syn {}  synack {}  data {}  fin {}",
+        rate(r.total, prev.retransmits),
+        r.syn,
+        r.synack,
+        r.data,
+        r.fin
+    );
+    let sent: u64 = agg.resets_sent.values().sum();
+    let received: u64 = agg.resets_received.values().sum();
+    let _ = write!(out, "RESETS sent {sent}  received {received}");
+    if let Some((state, n)) = agg.resets_received.iter().max_by_key(|(_, n)| **n) {
+        let _ = write!(out, "  (most received in {state}: {n})");
+    }
+    out.push('\n');
+    if totals.lost > 0 {
+        let _ = writeln!(
+            out,
+            "WARNING: {} events lost (ring buffer full): raise --ring-size",
+            totals.lost
+        );
+    }
+    *prev = Previous {
+        opens,
+        closed: agg.closed,
+        retransmits: r.total,
+        secs: elapsed_s,
+    };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::AggregatorConfig;
+
+    #[test]
+    fn fits_80_columns() {
+        let agg = Aggregator::new(AggregatorConfig::default());
+        let mut prev = Previous::default();
+        let frame = render(
+            &agg,
+            &SourceTotals {
+                received: 123_456_789,
+                lost: 5,
+                undecodable: 0,
+            },
+            12.0,
+            &mut prev,
+            Some("sock_ops unavailable"),
+        );
+        for line in frame.lines() {
+            assert!(line.chars().count() <= 80, "too wide: {line}");
+        }
+        assert!(frame.contains("lost 5"));
+        assert!(frame.contains("WARNING"));
+    }
+}
