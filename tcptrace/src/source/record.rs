@@ -6,7 +6,7 @@
 //!   (CLOCK_REALTIME - CLOCK_MONOTONIC, ns), passive-handshake method u8 (0 sock_ops, 1 srtt),
 //!   zeros to 64 bytes;
 //! - records of 96 bytes, the kernel's own `RawEvent` layout (see tcptrace-common);
-//! - a 96-byte trailer: a record whose kind byte (offset 89) is 255, with `ts_ns` = end of
+//! - a 96-byte trailer: a record whose kind byte (offset 93) is 255, with `ts_ns` = end of
 //!   tracing, `skaddr` = events lost in the kernel, `aux` = undecodable records.
 //!
 //! A file that ends mid-record or without its trailer, or holds a record that does not decode,
@@ -304,7 +304,7 @@ mod tests {
         let e = read_all(&bytes[..HEADER_SIZE + 2 * RAW_EVENT_SIZE]).err().unwrap().to_string();
         assert!(e.contains("offset 256") && e.contains("no trailer"), "{e}");
         let mut bad = bytes.clone();
-        bad[HEADER_SIZE + RAW_EVENT_SIZE + 89] = 77; // kind byte of the second record
+        bad[HEADER_SIZE + RAW_EVENT_SIZE + 93] = 77; // kind byte of the second record
         let e = format!("{:#}", read_all(&bad).err().unwrap());
         assert!(e.contains("corrupt record at offset 160"), "{e}");
         let e = read_all(b"hello").err().unwrap().to_string();
