@@ -78,6 +78,8 @@ enum Cmd {
         )]
         args: Vec<String>,
     },
+    /// Set up, then run the benchmarks (aggregator throughput on a replayed stream)
+    Bench,
     /// Set up, then unit tests, lints, release build and the privileged integration tests
     Test {
         /// Extra arguments for the integration test binaries (e.g. a test name filter)
@@ -125,6 +127,13 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             return ctx.run_tracer(&run_args(&args));
         }
         Cmd::Test { args } => ctx.test(&args)?,
+        Cmd::Bench => {
+            ctx.setup()?;
+            step(
+                "aggregator benchmark",
+                &mut ctx.cargo("bench -p tcptrace --bench aggregate"),
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -75,6 +75,8 @@ pub struct RawEvent {
 
 pub const RAW_EVENT_SIZE: usize = core::mem::size_of::<RawEvent>();
 const _: () = assert!(RAW_EVENT_SIZE == 96);
+// Recordings document the kind byte at this offset (tcptrace/src/source/record.rs).
+const _: () = assert!(core::mem::offset_of!(RawEvent, kind) == 93);
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
