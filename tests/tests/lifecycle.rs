@@ -59,10 +59,10 @@ fn sigterm_drains_and_exits_cleanly() {
     t.signal(libc::SIGTERM);
     let out = t.wait_exit(Duration::from_secs(5));
     out.assert_clean();
-    // Everything that happened before the signal was printed: 6 client + 6 server child +
+    // Everything that happened before the signal was printed: 5 client + 5 server child +
     // 2 listener transitions.
-    if out.events.iter().filter(|e| is_core(e)).count() != 14 {
-        out.fail("want the 14 transitions of one connection and its listener");
+    if out.events.iter().filter(|e| is_core(e)).count() != 12 {
+        out.fail("want the 12 transitions of one connection and its listener");
     }
 }
 
