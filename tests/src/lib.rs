@@ -8,6 +8,12 @@
 //! * [`events`]: reading and describing the JSON events.
 //! * [`counters`]: the kernel's own TCP counters (/proc/net/snmp, /proc/net/netstat) in a namespace.
 //! * [`cmd`]: running commands with a time limit.
+//! * [`scenario`]: in-process connections with the client's own timing as ground truth.
+//!
+//! Run as root (they load BPF; a tracer that cannot attach makes the test fail, never skip):
+//! `cargo build --release -p tcptrace && TCPTRACE_BIN=$PWD/target/release/tcptrace
+//! cargo test --release -p tcptrace-tests -- --test-threads=2`. Without `TCPTRACE_BIN` the
+//! tests use `<workspace>/target/release/tcptrace`.
 
 pub mod cmd;
 pub mod counters;
