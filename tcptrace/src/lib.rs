@@ -15,3 +15,5 @@ pub mod report;
 pub mod run;
 pub mod sink;
 pub mod source;
+pub mod owners;
+pub mod diagnose;

@@ -9,6 +9,7 @@
 //! * [`counters`]: the kernel's own TCP counters (/proc/net/snmp, /proc/net/netstat) in a namespace.
 //! * [`cmd`]: running commands with a time limit.
 //! * [`scenario`]: in-process connections with the client's own timing as ground truth.
+//! * [`outputs`]: the aggregator's outputs (JSON summary, watch frames, histogram logs, report).
 //!
 //! Run as root (they load BPF; a tracer that cannot attach makes the test fail, never skip):
 //! `cargo build --release -p tcptrace && TCPTRACE_BIN=$PWD/target/release/tcptrace
@@ -19,6 +20,7 @@ pub mod cmd;
 pub mod counters;
 pub mod events;
 pub mod netns;
+pub mod outputs;
 pub mod scenario;
 pub mod tracer;
 

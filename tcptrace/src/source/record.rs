@@ -6,6 +6,14 @@
 //!   (CLOCK_REALTIME - CLOCK_MONOTONIC, ns), passive-handshake method u8 (0 sock_ops, 1 srtt),
 //!   zeros to 64 bytes;
 //! - records of 96 bytes, the kernel's own `RawEvent` layout (see tcptrace-common);
+//! - socket snapshots from the sock_diag poller, as records with kind bytes 254 (one socket:
+//!   `ts_ns` snapshot time, `netns`, `family`, ports and addresses, `oldstate` = state,
+//!   `skaddr` = inode, `aux32` = uid, `tgid` = receive queue, `tid` = send queue, `aux` = drop
+//!   counter or u64::MAX), 253 (a kernel counter: `aux32` = index in the counter table of
+//!   `source/procnet.rs`, `aux` = value), 252 (a sysctl: `aux32` = index in its sysctl table,
+//!   value as text in `saddr`+`daddr`) and 251 (end of one namespace's snapshot);
+//! - socket owners as resolved live, kind 250: `skaddr` = inode, `tgid` = pid, `comm`, and the
+//!   cgroup path in 32-byte pieces in `saddr`+`daddr` (`aux32` = piece index, `aux` = pieces);
 //! - a 96-byte trailer: a record whose kind byte (offset 93) is 255, with `ts_ns` = end of
 //!   tracing, `skaddr` = events lost in the kernel, `aux` = undecodable records.
 //!
@@ -17,10 +25,42 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use tcptrace_common::{RAW_EVENT_SIZE, RawEvent};
 
-use crate::{aggregate::PassiveMethod, event::Event, output};
+use std::collections::BTreeMap;
+
+use crate::{
+    aggregate::PassiveMethod,
+    diagnose::Snapshot,
+    event::{Event, TcpState},
+    output,
+    owners::ProcessInfo,
+    source::{diag::DiagSocket, procnet},
+};
+
+const DIAG_SOCKET: u8 = 254;
+const COUNTER: u8 = 253;
+const SYSCTL: u8 = 252;
+const SNAPSHOT_END: u8 = 251;
+const OWNER: u8 = 250;
+
+/// What a recording holds, in order.
+#[derive(Clone, Debug)]
+pub enum Item {
+    Event(Event),
+    Snapshot(Snapshot),
+    /// A socket inode's owner, as the live run resolved it.
+    Owner(u32, ProcessInfo),
+}
+
+fn blank(kind: u8, ts_ns: u64, netns: u32) -> RawEvent {
+    let mut r = raw_from(&[0u8; RAW_EVENT_SIZE]);
+    r.kind = kind;
+    r.ts_ns = ts_ns;
+    r.netns = netns;
+    r
+}
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
 pub const VERSION: u32 = 1;
@@ -89,6 +129,87 @@ impl Recorder {
         Ok(())
     }
 
+    pub fn write_snapshot(&mut self, s: &Snapshot) -> anyhow::Result<()> {
+        let mut recs = Vec::with_capacity(s.sockets.len() + 32);
+        for d in &s.sockets {
+            let mut r = blank(DIAG_SOCKET, s.ts_ns, s.netns);
+            let ev = Event {
+                ts_ns: 0,
+                skaddr: 0,
+                pid: 0,
+                tid: 0,
+                comm: Default::default(),
+                netns: 0,
+                local: d.local,
+                remote: d.remote,
+                kind: crate::event::EventKind::ResetReceived { state: None },
+            }
+            .to_raw();
+            (r.saddr, r.daddr, r.sport, r.dport, r.family) =
+                (ev.saddr, ev.daddr, ev.sport, ev.dport, ev.family);
+            r.oldstate = d.state as u8;
+            r.skaddr = u64::from(d.inode);
+            r.aux32 = d.uid;
+            r.tgid = d.recv_q;
+            r.tid = d.send_q;
+            r.aux = d.drops.map_or(u64::MAX, u64::from);
+            recs.push(r);
+        }
+        for (name, v) in &s.counters {
+            if let Some(i) = procnet::COUNTERS.iter().position(|(_, n)| n == name) {
+                let mut r = blank(COUNTER, s.ts_ns, s.netns);
+                r.aux32 = i as u32;
+                r.aux = *v as u64;
+                recs.push(r);
+            }
+        }
+        for (name, v) in &s.sysctls {
+            if let Some(i) = procnet::SYSCTLS.iter().position(|n| n == name) {
+                let mut r = blank(SYSCTL, s.ts_ns, s.netns);
+                r.aux32 = i as u32;
+                let b = v.as_bytes();
+                let n = b.len().min(31);
+                let mut text = [0u8; 32];
+                text[..n].copy_from_slice(&b[..n]);
+                r.saddr.copy_from_slice(&text[..16]);
+                r.daddr.copy_from_slice(&text[16..]);
+                recs.push(r);
+            }
+        }
+        recs.push(blank(SNAPSHOT_END, s.ts_ns, s.netns));
+        for r in &recs {
+            self.out
+                .write_all(&raw_bytes(r))
+                .with_context(|| format!("writing {}", self.path))?;
+        }
+        Ok(())
+    }
+
+    pub fn write_owner(&mut self, inode: u32, p: &ProcessInfo) -> anyhow::Result<()> {
+        let cg = p.cgroup.as_deref().map(str::as_bytes);
+        let chunks: Vec<&[u8]> = match cg {
+            Some(b) if !b.is_empty() => b.chunks(32).collect(),
+            _ => vec![&[][..]],
+        };
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut r = blank(OWNER, 0, 0);
+            r.skaddr = u64::from(inode);
+            r.tgid = p.pid;
+            r.comm = crate::event::Comm::from_str_lossy(&p.comm).0;
+            r.aux32 = i as u32;
+            // The high bit says whether there is a cgroup at all.
+            r.aux = chunks.len() as u64 | if cg.is_some() { 1 << 63 } else { 0 };
+            let mut text = [0u8; 32];
+            text[..chunk.len()].copy_from_slice(chunk);
+            r.saddr.copy_from_slice(&text[..16]);
+            r.daddr.copy_from_slice(&text[16..]);
+            self.out
+                .write_all(&raw_bytes(&r))
+                .with_context(|| format!("writing {}", self.path))?;
+        }
+        Ok(())
+    }
+
     pub fn finish(mut self, t: &Trailer) -> anyhow::Result<()> {
         let mut r: RawEvent = raw_from(&[0u8; RAW_EVENT_SIZE]);
         r.kind = TRAILER_KIND;
@@ -110,6 +231,8 @@ pub struct Replay<R: Read> {
     offset: u64,
     name: String,
     trailer: Option<Trailer>,
+    partial: Option<Snapshot>,
+    owner_text: Vec<u8>,
 }
 
 impl Replay<BufReader<File>> {
@@ -170,11 +293,122 @@ impl<R: Read> Replay<R> {
             offset: HEADER_SIZE as u64,
             name: name.to_string(),
             trailer: None,
+            partial: None,
+            owner_text: Vec::new(),
         })
     }
 
-    /// The next event; `Ok(None)` after the trailer.
+    /// The next event, skipping snapshots; `Ok(None)` after the trailer.
     pub fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
+        loop {
+            match self.next_item()? {
+                None => return Ok(None),
+                Some(Item::Event(e)) => return Ok(Some(e)),
+                Some(Item::Snapshot(_) | Item::Owner(..)) => {}
+            }
+        }
+    }
+
+    /// The next event or complete snapshot; `Ok(None)` after the trailer.
+    pub fn next_item(&mut self) -> anyhow::Result<Option<Item>> {
+        loop {
+            let Some(raw) = self.next_raw()? else {
+                return Ok(None);
+            };
+            let at = self.offset - RAW_EVENT_SIZE as u64;
+            let corrupt = |what: &str| anyhow!("{}: corrupt {what} record at offset {at}", self.name);
+            match raw.kind {
+                DIAG_SOCKET | COUNTER | SYSCTL => {
+                    let snap = self.partial.get_or_insert_with(|| Snapshot {
+                        ts_ns: raw.ts_ns,
+                        netns: raw.netns,
+                        sockets: Vec::new(),
+                        counters: BTreeMap::new(),
+                        sysctls: BTreeMap::new(),
+                    });
+                    match raw.kind {
+                        DIAG_SOCKET => {
+                            let addrs = Event::try_from(&RawEvent {
+                                kind: tcptrace_common::kind::RESET_RECEIVED,
+                                newstate: 0,
+                                ..raw
+                            })
+                            .map_err(|_| corrupt("socket"))?;
+                            let state =
+                                TcpState::from_kernel(raw.oldstate).ok_or_else(|| corrupt("socket"))?;
+                            snap.sockets.push(DiagSocket {
+                                state,
+                                local: addrs.local,
+                                remote: addrs.remote,
+                                inode: raw.skaddr as u32,
+                                uid: raw.aux32,
+                                recv_q: raw.tgid,
+                                send_q: raw.tid,
+                                drops: (raw.aux != u64::MAX).then_some(raw.aux as u32),
+                            });
+                        }
+                        COUNTER => {
+                            let (_, name) = procnet::COUNTERS
+                                .get(raw.aux32 as usize)
+                                .ok_or_else(|| corrupt("counter"))?;
+                            snap.counters.insert(name, raw.aux as i64);
+                        }
+                        _ => {
+                            let name = procnet::SYSCTLS
+                                .get(raw.aux32 as usize)
+                                .ok_or_else(|| corrupt("sysctl"))?;
+                            let mut text = raw.saddr.to_vec();
+                            text.extend_from_slice(&raw.daddr);
+                            let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+                            let v = String::from_utf8(text[..end].to_vec())
+                                .map_err(|_| corrupt("sysctl"))?;
+                            snap.sysctls.insert(name, v);
+                        }
+                    }
+                }
+                OWNER => {
+                    if raw.aux32 == 0 {
+                        self.owner_text.clear();
+                    }
+                    let mut text = raw.saddr.to_vec();
+                    text.extend_from_slice(&raw.daddr);
+                    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+                    self.owner_text.extend_from_slice(&text[..end]);
+                    let pieces = raw.aux & !(1 << 63);
+                    if u64::from(raw.aux32) + 1 >= pieces {
+                        let has_cgroup = raw.aux & (1 << 63) != 0;
+                        let cgroup = String::from_utf8(std::mem::take(&mut self.owner_text))
+                            .map_err(|_| corrupt("owner"))?;
+                        let comm = crate::event::Comm(raw.comm).as_str().into_owned();
+                        return Ok(Some(Item::Owner(
+                            raw.skaddr as u32,
+                            ProcessInfo {
+                                pid: raw.tgid,
+                                comm,
+                                cgroup: has_cgroup.then_some(cgroup),
+                            },
+                        )));
+                    }
+                }
+                SNAPSHOT_END => {
+                    let snap = self.partial.take().unwrap_or(Snapshot {
+                        ts_ns: raw.ts_ns,
+                        netns: raw.netns,
+                        ..Snapshot::default()
+                    });
+                    return Ok(Some(Item::Snapshot(snap)));
+                }
+                _ => {
+                    return Event::try_from(&raw)
+                        .map(|e| Some(Item::Event(e)))
+                        .with_context(|| format!("{}: corrupt record at offset {at}", self.name));
+                }
+            }
+        }
+    }
+
+    /// The next raw record; `Ok(None)` after the trailer.
+    fn next_raw(&mut self) -> anyhow::Result<Option<RawEvent>> {
         if self.trailer.is_some() {
             return Ok(None);
         }
@@ -208,9 +442,7 @@ impl<R: Read> Replay<R> {
             }
             return Ok(None);
         }
-        Event::try_from(&raw)
-            .map(Some)
-            .with_context(|| format!("{}: corrupt record at offset {at}", self.name))
+        Ok(Some(raw))
     }
 
     pub fn trailer(&self) -> Option<Trailer> {
@@ -221,7 +453,7 @@ impl<R: Read> Replay<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, EventKind, TcpState};
+    use crate::event::{Comm, EventKind};
 
     fn sample(n: u64) -> Vec<Event> {
         (0..n)
@@ -256,6 +488,16 @@ mod tests {
         })
         .unwrap();
         r.write(events).unwrap();
+        r.write_snapshot(&snapshot()).unwrap();
+        r.write_owner(
+            1234,
+            &ProcessInfo {
+                pid: 99,
+                comm: "server".into(),
+                cgroup: Some("/system.slice/a-rather-long-unit-name-for-testing.service".into()),
+            },
+        )
+        .unwrap();
         r.finish(&Trailer {
             end_ns: 5_000,
             lost: 7,
@@ -265,6 +507,54 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         bytes
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            ts_ns: 77,
+            netns: 9,
+            sockets: vec![DiagSocket {
+                state: TcpState::Listen,
+                local: "[::]:8080".parse().unwrap(),
+                remote: "[::]:0".parse().unwrap(),
+                inode: 1234,
+                uid: 1000,
+                recv_q: 3,
+                send_q: 128,
+                drops: Some(41),
+            }],
+            counters: BTreeMap::from([("ListenDrops", 41), ("ListenOverflows", 40)]),
+            sysctls: BTreeMap::from([("net.ipv4.ip_local_port_range", "32768 60999".to_string())]),
+        }
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let bytes = recording(&sample(2));
+        let mut r = Replay::new(&bytes[..], "rec").unwrap();
+        let mut snaps = Vec::new();
+        let mut owners = Vec::new();
+        while let Some(item) = r.next_item().unwrap() {
+            match item {
+                Item::Snapshot(s) => snaps.push(s),
+                Item::Owner(i, p) => owners.push((i, p)),
+                Item::Event(_) => {}
+            }
+        }
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].0, 1234);
+        assert_eq!(owners[0].1.pid, 99);
+        assert_eq!(owners[0].1.comm, "server");
+        assert_eq!(
+            owners[0].1.cgroup.as_deref(),
+            Some("/system.slice/a-rather-long-unit-name-for-testing.service")
+        );
+        assert_eq!(snaps.len(), 1);
+        let (got, want) = (&snaps[0], snapshot());
+        assert_eq!(got.sockets, want.sockets);
+        assert_eq!(got.counters, want.counters);
+        assert_eq!(got.sysctls, want.sysctls);
+        assert_eq!((got.ts_ns, got.netns), (77, 9));
     }
 
     fn read_all(bytes: &[u8]) -> anyhow::Result<(Vec<Event>, Replay<&[u8]>)> {
@@ -280,7 +570,9 @@ mod tests {
     fn round_trip() {
         let evs = sample(10);
         let bytes = recording(&evs);
-        assert_eq!(bytes.len(), HEADER_SIZE + 11 * RAW_EVENT_SIZE);
+        // 10 events, a snapshot of 5 records (socket, 2 counters, sysctl, end), an owner in
+        // 2 records, the trailer.
+        assert_eq!(bytes.len(), HEADER_SIZE + 18 * RAW_EVENT_SIZE);
         let (got, r) = read_all(&bytes).unwrap();
         assert_eq!(got, evs);
         assert_eq!(r.header.start_ns, 900);

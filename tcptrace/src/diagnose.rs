@@ -1,0 +1,654 @@
+//! Diagnosis: turns socket snapshots (sock_diag), kernel counters and the event stream into
+//! answers: which listener overflows its accept queue and why, which process leaks sockets in
+//! CLOSE_WAIT, whether local ports run out under TIME_WAIT, which FIN_WAIT2 sockets time out.
+//!
+//! Pure like the aggregator: snapshots carry their kernel timestamp, nothing reads a clock.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::Serialize;
+
+use crate::{
+    event::{Event, EventKind, TcpState},
+    owners::ProcessInfo,
+    source::diag::DiagSocket,
+};
+
+/// One poll of one namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub ts_ns: u64,
+    pub netns: u32,
+    /// LISTEN (with drop counters), CLOSE_WAIT, TIME_WAIT and FIN_WAIT2 sockets.
+    pub sockets: Vec<DiagSocket>,
+    pub counters: BTreeMap<&'static str, i64>,
+    pub sysctls: BTreeMap<&'static str, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HealthConfig {
+    pub close_wait_threshold_ns: u64,
+    /// TIME_WAIT sockets towards one destination, as a share of the local port range, above
+    /// which port exhaustion is reported.
+    pub port_exhaustion_ratio: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            close_wait_threshold_ns: 60_000_000_000,
+            port_exhaustion_ratio: 0.8,
+        }
+    }
+}
+
+/// A connection: network namespace inode, local and remote ends.
+pub type Key = (u32, SocketAddr, SocketAddr);
+
+#[derive(Clone, Debug)]
+struct ListenerState {
+    inode: u32,
+    limit: u32,
+    queue_len: u32,
+    queue_peak: u32,
+    drops_base: u32,
+    drops_now: u32,
+    times_full: u64,
+}
+
+#[derive(Clone, Debug)]
+struct CloseWaitState {
+    inode: u32,
+    entered_ns: u64,
+    lower_bound: bool,
+    recv_q: u32,
+}
+
+/// A socket left in CLOSE_WAIT longer than the threshold.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Leak {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+    pub netns: u32,
+    pub laddr: String,
+    pub lport: u16,
+    pub raddr: String,
+    pub rport: u16,
+    pub age_s: f64,
+    pub age_is_lower_bound: bool,
+    pub recv_q: u32,
+    #[serde(skip)]
+    pub inode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LeaksByProcess {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub count: usize,
+    pub growing: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenerReport {
+    pub netns: u32,
+    pub addr: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+    pub backlog_limit: u32,
+    pub queue_len: u32,
+    pub queue_peak: u32,
+    /// Polls that found the accept queue at its limit.
+    pub times_full: u64,
+    pub drops: u32,
+    pub diagnosis: String,
+    #[serde(skip)]
+    pub inode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RemoteCount {
+    pub raddr: String,
+    pub rport: u16,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TimeWait {
+    pub count: u64,
+    pub by_remote: Vec<RemoteCount>,
+    /// Destinations whose TIME_WAIT sockets use most of the local port range.
+    pub port_exhaustion: Vec<String>,
+}
+
+pub struct Health {
+    cfg: HealthConfig,
+    listeners: BTreeMap<(u32, SocketAddr), ListenerState>,
+    close_wait: HashMap<Key, CloseWaitState>,
+    /// When sockets entered CLOSE_WAIT, from the event stream (bounded).
+    cw_entered: HashMap<Key, u64>,
+    fin_wait2: HashSet<Key>,
+    pub fin_wait2_timeouts: u64,
+    time_wait: BTreeMap<u32, Vec<(SocketAddr, SocketAddr)>>,
+    counters_base: BTreeMap<(u32, &'static str), i64>,
+    counters_now: BTreeMap<(u32, &'static str), i64>,
+    pub sysctls: BTreeMap<&'static str, String>,
+    seen_netns: HashSet<u32>,
+    reported: HashSet<Key>,
+    owners: HashMap<u32, ProcessInfo>,
+    /// Leak counts per owner over the last polls, to tell a growing leak from a stable one.
+    history: VecDeque<HashMap<Option<u32>, usize>>,
+}
+
+fn ip_port(a: &SocketAddr) -> (String, u16) {
+    (a.ip().to_string(), a.port())
+}
+
+impl Health {
+    pub fn new(cfg: HealthConfig) -> Health {
+        Health {
+            cfg,
+            listeners: BTreeMap::new(),
+            close_wait: HashMap::new(),
+            cw_entered: HashMap::new(),
+            fin_wait2: HashSet::new(),
+            fin_wait2_timeouts: 0,
+            time_wait: BTreeMap::new(),
+            counters_base: BTreeMap::new(),
+            counters_now: BTreeMap::new(),
+            sysctls: BTreeMap::new(),
+            seen_netns: HashSet::new(),
+            reported: HashSet::new(),
+            owners: HashMap::new(),
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Learns from the event stream when sockets enter and leave CLOSE_WAIT.
+    pub fn on_event(&mut self, ev: &Event) {
+        if let EventKind::State { old, new } = ev.kind {
+            let key = (ev.netns, ev.local, ev.remote);
+            if new == TcpState::CloseWait {
+                if self.cw_entered.len() >= 1 << 18 {
+                    self.cw_entered.clear();
+                }
+                self.cw_entered.insert(key, ev.ts_ns);
+            } else if old == TcpState::CloseWait {
+                self.cw_entered.remove(&key);
+                self.close_wait.remove(&key);
+            }
+        }
+    }
+
+    pub fn set_owner(&mut self, inode: u32, p: ProcessInfo) {
+        self.owners.insert(inode, p);
+    }
+
+    /// Inodes whose owner a report would show and is not known yet.
+    pub fn inodes_wanting_owner(&self, now_ns: u64) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .listeners
+            .values()
+            .map(|l| l.inode)
+            .chain(
+                self.close_wait
+                    .values()
+                    .filter(|c| now_ns.saturating_sub(c.entered_ns) > self.cfg.close_wait_threshold_ns)
+                    .map(|c| c.inode),
+            )
+            .filter(|i| *i != 0 && !self.owners.contains_key(i))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Applies one poll; returns the sockets that crossed the CLOSE_WAIT threshold now (report
+    /// them with [`Health::leak_report`] once their owners are known), then call
+    /// [`Health::end_snapshot`].
+    pub fn on_snapshot(&mut self, s: &Snapshot) -> Vec<Key> {
+        let first = self.seen_netns.insert(s.netns);
+        for (name, v) in &s.counters {
+            self.counters_base.entry((s.netns, name)).or_insert(*v);
+            self.counters_now.insert((s.netns, name), *v);
+        }
+        if self.sysctls.is_empty() {
+            self.sysctls = s.sysctls.clone();
+        }
+
+        // Listeners.
+        let mut present = HashSet::new();
+        for d in s.sockets.iter().filter(|d| d.state == TcpState::Listen) {
+            let key = (s.netns, d.local);
+            present.insert(key);
+            let drops = d.drops.unwrap_or(0);
+            let l = self.listeners.entry(key).or_insert(ListenerState {
+                inode: d.inode,
+                limit: d.send_q,
+                queue_len: 0,
+                queue_peak: 0,
+                // A listener already there at the first poll: count drops from now on. One that
+                // appeared later was created during the run: all its drops count.
+                drops_base: if first { drops } else { 0 },
+                drops_now: drops,
+                times_full: 0,
+            });
+            if l.inode != d.inode {
+                // Same address, new socket.
+                *l = ListenerState {
+                    inode: d.inode,
+                    limit: d.send_q,
+                    queue_len: 0,
+                    queue_peak: 0,
+                    drops_base: 0,
+                    drops_now: drops,
+                    times_full: 0,
+                };
+            }
+            l.limit = d.send_q;
+            l.queue_len = d.recv_q;
+            l.queue_peak = l.queue_peak.max(d.recv_q);
+            l.drops_now = drops;
+            if d.recv_q >= d.send_q && d.send_q > 0 {
+                l.times_full += 1;
+            }
+        }
+        // Listeners of this namespace that are gone stay in the report with their last figures.
+        let _ = present;
+
+        // CLOSE_WAIT.
+        let mut now_cw = HashSet::new();
+        let mut crossed = Vec::new();
+        for d in s.sockets.iter().filter(|d| d.state == TcpState::CloseWait) {
+            let key = (s.netns, d.local, d.remote);
+            now_cw.insert(key);
+            let from_event = self.cw_entered.get(&key).copied();
+            let c = self.close_wait.entry(key).or_insert(CloseWaitState {
+                inode: d.inode,
+                entered_ns: from_event.unwrap_or(s.ts_ns),
+                lower_bound: from_event.is_none(),
+                recv_q: d.recv_q,
+            });
+            c.recv_q = d.recv_q;
+            if let Some(t) = from_event {
+                c.entered_ns = t;
+                c.lower_bound = false;
+            }
+            let age = s.ts_ns.saturating_sub(c.entered_ns);
+            if age > self.cfg.close_wait_threshold_ns && self.reported.insert(key) {
+                crossed.push(key);
+            }
+        }
+        self.close_wait.retain(|k, _| k.0 != s.netns || now_cw.contains(k));
+        self.reported.retain(|k| k.0 != s.netns || now_cw.contains(k));
+
+        // TIME_WAIT and FIN_WAIT2 timeouts: a FIN_WAIT2 socket that vanished without turning
+        // into TIME_WAIT timed out waiting for the peer's FIN (tcp_fin_timeout).
+        let tw: Vec<(SocketAddr, SocketAddr)> = s
+            .sockets
+            .iter()
+            .filter(|d| d.state == TcpState::TimeWait)
+            .map(|d| (d.local, d.remote))
+            .collect();
+        let tw_set: HashSet<&(SocketAddr, SocketAddr)> = tw.iter().collect();
+        let fw2_now: HashSet<Key> = s
+            .sockets
+            .iter()
+            .filter(|d| d.state == TcpState::FinWait2)
+            .map(|d| (s.netns, d.local, d.remote))
+            .collect();
+        let gone: Vec<Key> = self
+            .fin_wait2
+            .iter()
+            .filter(|k| k.0 == s.netns && !fw2_now.contains(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            if !tw_set.contains(&(k.1, k.2)) {
+                self.fin_wait2_timeouts += 1;
+            }
+            self.fin_wait2.remove(&k);
+        }
+        self.fin_wait2.extend(fw2_now);
+        self.time_wait.insert(s.netns, tw);
+        crossed
+    }
+
+    /// A leak found by [`Health::on_snapshot`], with what is known of its owner now.
+    pub fn leak_report(&self, key: &Key, now_ns: u64) -> Option<Leak> {
+        self.close_wait.contains_key(key).then(|| self.leak(key, now_ns))
+    }
+
+    /// Closes a poll: remembers leak counts per process (to tell growing leaks).
+    pub fn end_snapshot(&mut self, now_ns: u64) {
+        let mut per_owner: HashMap<Option<u32>, usize> = HashMap::new();
+        for l in self.leaks(now_ns) {
+            *per_owner.entry(l.pid).or_default() += 1;
+        }
+        self.history.push_back(per_owner);
+        if self.history.len() > 5 {
+            self.history.pop_front();
+        }
+    }
+
+    fn leak(&self, key: &Key, now_ns: u64) -> Leak {
+        let c = &self.close_wait[key];
+        let owner = self.owners.get(&c.inode);
+        let (laddr, lport) = ip_port(&key.1);
+        let (raddr, rport) = ip_port(&key.2);
+        Leak {
+            pid: owner.map(|o| o.pid),
+            comm: owner.map(|o| o.comm.clone()),
+            cgroup: owner.and_then(|o| o.cgroup.clone()),
+            netns: key.0,
+            laddr,
+            lport,
+            raddr,
+            rport,
+            age_s: (now_ns.saturating_sub(c.entered_ns) as f64 / 1e7).round() / 100.0,
+            age_is_lower_bound: c.lower_bound,
+            recv_q: c.recv_q,
+            inode: c.inode,
+        }
+    }
+
+    /// Sockets in CLOSE_WAIT for longer than the threshold, oldest first.
+    pub fn leaks(&self, now_ns: u64) -> Vec<Leak> {
+        let mut v: Vec<Leak> = self
+            .close_wait
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.entered_ns) > self.cfg.close_wait_threshold_ns)
+            .map(|(k, _)| self.leak(k, now_ns))
+            .collect();
+        v.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
+        v
+    }
+
+    pub fn leaks_by_process(&self, now_ns: u64) -> Vec<LeaksByProcess> {
+        let mut by: BTreeMap<Option<u32>, (Option<String>, usize)> = BTreeMap::new();
+        for l in self.leaks(now_ns) {
+            let e = by.entry(l.pid).or_insert((l.comm.clone(), 0));
+            e.1 += 1;
+        }
+        by.into_iter()
+            .map(|(pid, (comm, count))| {
+                let oldest = self
+                    .history
+                    .front()
+                    .and_then(|h| h.get(&pid).copied())
+                    .unwrap_or(0);
+                LeaksByProcess {
+                    pid,
+                    comm,
+                    count,
+                    growing: self.history.len() > 1 && count > oldest,
+                }
+            })
+            .collect()
+    }
+
+    fn sysctl_u64(&self, name: &str) -> Option<u64> {
+        self.sysctls.get(name)?.split(' ').next()?.parse().ok()
+    }
+
+    /// Deltas of the kernel counters since the first poll, summed over namespaces.
+    pub fn counter_deltas(&self) -> BTreeMap<&'static str, i64> {
+        let mut out = BTreeMap::new();
+        for ((ns, name), now) in &self.counters_now {
+            let base = self.counters_base.get(&(*ns, *name)).copied().unwrap_or(*now);
+            *out.entry(*name).or_default() += now - base;
+        }
+        out
+    }
+
+    /// Every listener seen, with what is wrong with it. `synack` gives SYN-ACK retransmits per
+    /// local port (from the aggregator).
+    pub fn listeners(&self, synack_by_port: &BTreeMap<u16, u64>) -> Vec<ListenerReport> {
+        let deltas = self.counter_deltas();
+        let somaxconn = self.sysctl_u64("net.core.somaxconn");
+        let abort = self.sysctl_u64("net.ipv4.tcp_abort_on_overflow") == Some(1);
+        let syn_backlog = self.sysctl_u64("net.ipv4.tcp_max_syn_backlog");
+        let cookies_sent = deltas.get("SyncookiesSent").copied().unwrap_or(0);
+        let reqq_drops = deltas.get("TCPReqQFullDrop").copied().unwrap_or(0);
+        self.listeners
+            .iter()
+            .map(|((ns, addr), l)| {
+                let owner = self.owners.get(&l.inode);
+                let drops = l.drops_now.saturating_sub(l.drops_base);
+                let synack = synack_by_port.get(&addr.port()).copied().unwrap_or(0);
+                let limit_why = match somaxconn {
+                    Some(m) if u64::from(l.limit) == m => format!("{} = net.core.somaxconn", l.limit),
+                    Some(m) => format!("{} = listen() backlog; net.core.somaxconn={m}", l.limit),
+                    None => l.limit.to_string(),
+                };
+                let mut d = Vec::new();
+                if drops > 0 || l.queue_peak >= l.limit {
+                    d.push(format!(
+                        "accept queue of {addr} (limit {limit_why}) full {} times, {drops} SYNs dropped: the application accepts too slowly, or raise the listen backlog and net.core.somaxconn",
+                        l.times_full
+                    ));
+                    if abort {
+                        d.push("net.ipv4.tcp_abort_on_overflow=1: clients get a RST instead of a retry".into());
+                    }
+                }
+                if cookies_sent > 0 || reqq_drops > 0 {
+                    d.push(format!(
+                        "SYN queue overflowing (net.ipv4.tcp_max_syn_backlog={}): {cookies_sent} SYN cookies sent, {reqq_drops} SYNs dropped{}",
+                        syn_backlog.map_or("?".into(), |v| v.to_string()),
+                        if synack > 10 { format!(", {synack} SYN-ACKs retransmitted to sources that never answer: a SYN flood") } else { String::new() }
+                    ));
+                } else if synack > 0 {
+                    d.push(format!(
+                        "{synack} SYN-ACKs retransmitted: clients' final ACKs are lost or late (check the path, or a SYN flood if the sources never complete)"
+                    ));
+                }
+                let (a, port) = ip_port(addr);
+                ListenerReport {
+                    netns: *ns,
+                    addr: a,
+                    port,
+                    pid: owner.map(|o| o.pid),
+                    comm: owner.map(|o| o.comm.clone()),
+                    cgroup: owner.and_then(|o| o.cgroup.clone()),
+                    backlog_limit: l.limit,
+                    queue_len: l.queue_len,
+                    queue_peak: l.queue_peak,
+                    times_full: l.times_full,
+                    drops,
+                    diagnosis: if d.is_empty() { "ok".into() } else { d.join("; ") },
+                    inode: l.inode,
+                }
+            })
+            .collect()
+    }
+
+    pub fn time_wait(&self) -> TimeWait {
+        let mut by: HashMap<(IpAddr, u16), u64> = HashMap::new();
+        let mut count = 0;
+        for tws in self.time_wait.values() {
+            for (_, r) in tws {
+                count += 1;
+                *by.entry((r.ip(), r.port())).or_default() += 1;
+            }
+        }
+        let mut v: Vec<RemoteCount> = by
+            .into_iter()
+            .map(|((ip, port), count)| RemoteCount {
+                raddr: ip.to_string(),
+                rport: port,
+                count,
+            })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then(a.raddr.cmp(&b.raddr)));
+        let range = self.sysctls.get("net.ipv4.ip_local_port_range").and_then(|r| {
+            let mut it = r.split(' ').filter_map(|x| x.parse::<u64>().ok());
+            Some((it.next()?, it.next()?))
+        });
+        let mut exhaustion = Vec::new();
+        if let Some((lo, hi)) = range {
+            let size = hi.saturating_sub(lo) + 1;
+            for r in &v {
+                if r.count as f64 >= size as f64 * self.cfg.port_exhaustion_ratio {
+                    exhaustion.push(format!(
+                        "{} of {size} local ports (ip_local_port_range {lo} {hi}) are in TIME_WAIT towards {}:{}: new connections there will fail with EADDRNOTAVAIL; reuse connections, enable net.ipv4.tcp_tw_reuse, or widen the range",
+                        r.count, r.raddr, r.rport
+                    ));
+                }
+            }
+        }
+        v.truncate(20);
+        TimeWait {
+            count,
+            by_remote: v,
+            port_exhaustion: exhaustion,
+        }
+    }
+}
+
+/// What a reset in a given state usually means, for the operator.
+pub fn reset_meaning(state: &str, received: bool) -> &'static str {
+    match (state, received) {
+        ("SYN_SENT", true) => "connection refused: nothing listens on the remote port (or a firewall rejects)",
+        ("NO_SOCKET", false) => "a segment arrived for a port nobody listens on (or a connection this host already forgot)",
+        ("ESTABLISHED", false) => "this host aborted a connection: the application closed with unread data or with SO_LINGER 0",
+        ("ESTABLISHED", true) => "the peer aborted the connection (crash, SO_LINGER 0, or closed with unread data)",
+        ("CLOSE_WAIT", false) | ("LAST_ACK", false) => "closed with unread data after the peer's FIN",
+        ("FIN_WAIT1", true) | ("FIN_WAIT2", true) => "the peer reset while this side was closing (it had unread data, or had already gone)",
+        ("SYN_RECV", _) | ("NEW_SYN_RECV", _) => "handshake aborted (tcp_abort_on_overflow with a full accept queue, or a bad final ACK)",
+        _ => "abortive close",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Comm;
+
+    const S: u64 = 1_000_000_000;
+
+    fn sock(state: TcpState, l: &str, r: &str, inode: u32, rq: u32, sq: u32, drops: Option<u32>) -> DiagSocket {
+        DiagSocket {
+            state,
+            local: l.parse().unwrap(),
+            remote: r.parse().unwrap(),
+            inode,
+            uid: 0,
+            recv_q: rq,
+            send_q: sq,
+            drops,
+        }
+    }
+
+    fn snap(ts: u64, sockets: Vec<DiagSocket>, overflows: i64) -> Snapshot {
+        Snapshot {
+            ts_ns: ts,
+            netns: 7,
+            sockets,
+            counters: BTreeMap::from([("ListenDrops", overflows), ("ListenOverflows", overflows)]),
+            sysctls: BTreeMap::from([
+                ("net.core.somaxconn", "4096".to_string()),
+                ("net.ipv4.ip_local_port_range", "32768 32777".to_string()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn listener_drops_are_deltas_and_diagnosed() {
+        let mut h = Health::new(HealthConfig::default());
+        h.on_snapshot(&snap(0, vec![sock(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 5, 0, 1, Some(10))], 100));
+        h.on_snapshot(&snap(S, vec![sock(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 5, 2, 1, Some(51))], 141));
+        let l = &h.listeners(&BTreeMap::new())[0];
+        assert_eq!(l.drops, 41);
+        assert_eq!(l.queue_peak, 2);
+        assert_eq!(l.backlog_limit, 1);
+        assert_eq!(l.times_full, 1);
+        assert!(l.diagnosis.contains("41 SYNs dropped"), "{}", l.diagnosis);
+        assert!(l.diagnosis.contains("listen() backlog; net.core.somaxconn=4096"), "{}", l.diagnosis);
+        assert_eq!(h.counter_deltas()["ListenDrops"], 41);
+    }
+
+    #[test]
+    fn close_wait_leaks_cross_the_threshold_once() {
+        let mut h = Health::new(HealthConfig {
+            close_wait_threshold_ns: 10 * S,
+            ..Default::default()
+        });
+        let cw = |rq| sock(TcpState::CloseWait, "10.0.0.1:80", "10.0.0.2:5000", 9, rq, 0, None);
+        // Seen before any event: age is a lower bound from the first poll.
+        assert!(h.on_snapshot(&snap(0, vec![cw(3)], 0)).is_empty());
+        assert!(h.on_snapshot(&snap(5 * S, vec![cw(3)], 0)).is_empty());
+        let crossed = h.on_snapshot(&snap(11 * S, vec![cw(4)], 0));
+        assert_eq!(crossed.len(), 1);
+        let leak = h.leak_report(&crossed[0], 11 * S).unwrap();
+        assert!(leak.age_is_lower_bound);
+        assert_eq!(leak.recv_q, 4);
+        assert!(h.on_snapshot(&snap(12 * S, vec![cw(4)], 0)).is_empty(), "reported once");
+        assert_eq!(h.leaks(12 * S).len(), 1);
+        // It closes: no longer a leak.
+        h.on_snapshot(&snap(13 * S, vec![], 0));
+        assert!(h.leaks(13 * S).is_empty());
+    }
+
+    #[test]
+    fn close_wait_age_from_the_event_is_exact() {
+        let mut h = Health::new(HealthConfig {
+            close_wait_threshold_ns: 10 * S,
+            ..Default::default()
+        });
+        h.on_snapshot(&snap(0, vec![], 0));
+        h.on_event(&Event {
+            ts_ns: 2 * S,
+            skaddr: 1,
+            pid: 0,
+            tid: 0,
+            comm: Comm::default(),
+            netns: 7,
+            local: "10.0.0.1:80".parse().unwrap(),
+            remote: "10.0.0.2:5000".parse().unwrap(),
+            kind: EventKind::State {
+                old: TcpState::Established,
+                new: TcpState::CloseWait,
+            },
+        });
+        let cw = sock(TcpState::CloseWait, "10.0.0.1:80", "10.0.0.2:5000", 9, 0, 0, None);
+        let crossed = h.on_snapshot(&snap(13 * S, vec![cw], 0));
+        assert_eq!(crossed.len(), 1);
+        h.set_owner(9, ProcessInfo { pid: 42, comm: "leaky".into(), cgroup: None });
+        h.end_snapshot(13 * S);
+        let leak = h.leak_report(&crossed[0], 13 * S).unwrap();
+        assert!(!leak.age_is_lower_bound);
+        assert_eq!(leak.age_s, 11.0);
+        assert_eq!(leak.pid, Some(42));
+        let by = h.leaks_by_process(13 * S);
+        assert_eq!(by[0].pid, Some(42));
+        assert_eq!(by[0].count, 1);
+    }
+
+    #[test]
+    fn time_wait_counts_and_port_exhaustion() {
+        let mut h = Health::new(HealthConfig::default());
+        let tws: Vec<DiagSocket> = (0..9)
+            .map(|i| sock(TcpState::TimeWait, &format!("10.0.0.1:{}", 32768 + i), "10.0.0.9:80", 0, 0, 0, None))
+            .collect();
+        h.on_snapshot(&snap(0, tws, 0));
+        let tw = h.time_wait();
+        assert_eq!(tw.count, 9);
+        assert_eq!(tw.by_remote[0].count, 9);
+        assert_eq!(tw.port_exhaustion.len(), 1, "9 of 10 ports");
+    }
+
+    #[test]
+    fn fin_wait2_that_vanishes_without_time_wait_timed_out() {
+        let mut h = Health::new(HealthConfig::default());
+        let fw2 = |p: u16| sock(TcpState::FinWait2, &format!("10.0.0.1:{p}"), "10.0.0.9:80", 0, 0, 0, None);
+        h.on_snapshot(&snap(0, vec![fw2(1), fw2(2)], 0));
+        let tw = sock(TcpState::TimeWait, "10.0.0.1:2", "10.0.0.9:80", 0, 0, 0, None);
+        h.on_snapshot(&snap(S, vec![tw], 0));
+        assert_eq!(h.fin_wait2_timeouts, 1);
+    }
+}

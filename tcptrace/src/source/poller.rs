@@ -1,0 +1,125 @@
+//! The sock_diag poller: a source of socket snapshots (with kernel counters and sysctls) taken
+//! every `--poll-interval` in each namespace of interest, on its own thread so a slow dump never
+//! delays the ring buffer reader.
+use std::{
+    path::PathBuf,
+    sync::mpsc,
+    time::Duration,
+};
+
+use crate::{
+    diagnose::Snapshot,
+    event::TcpState,
+    sink::monotonic_now_ns,
+    source::{diag, netns, procnet},
+};
+
+/// Which namespaces to poll.
+#[derive(Clone, Debug)]
+pub enum Targets {
+    /// One namespace (from --netns).
+    One(netns::NetnsTarget),
+    /// Every namespace in use, looked up again at each poll.
+    All,
+}
+
+impl Targets {
+    fn list(&self) -> Vec<netns::NetnsTarget> {
+        match self {
+            Targets::One(t) => vec![t.clone()],
+            Targets::All => netns::all_namespaces(),
+        }
+    }
+}
+
+/// The states a poll asks for: what diagnosis needs, not every socket.
+fn wanted() -> netlink_packet_sock_diag::inet::StateFlags {
+    diag::states(&[
+        TcpState::Listen,
+        TcpState::CloseWait,
+        TcpState::TimeWait,
+        TcpState::FinWait2,
+    ])
+}
+
+fn poll_one(t: &netns::NetnsTarget) -> anyhow::Result<Snapshot> {
+    let inode = t.inode;
+    netns::run_in(&t.path, move || {
+        let ts_ns = monotonic_now_ns();
+        Ok(Snapshot {
+            ts_ns,
+            netns: inode,
+            sockets: diag::dump(wanted(), true)?,
+            counters: procnet::read_counters()?,
+            sysctls: procnet::read_sysctls(),
+        })
+    })
+}
+
+/// Polls every target once. Namespaces that vanished meanwhile are skipped; errors for the
+/// namespace the user named are returned.
+pub fn poll(targets: &Targets) -> anyhow::Result<Vec<Snapshot>> {
+    let mut out = Vec::new();
+    for t in targets.list() {
+        match poll_one(&t) {
+            Ok(s) => out.push(s),
+            Err(e) if matches!(targets, Targets::One(_)) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+pub struct Poller {
+    pub rx: mpsc::Receiver<anyhow::Result<Vec<Snapshot>>>,
+    stop: mpsc::Sender<()>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Poller {
+    /// Starts polling now and then every `every`.
+    pub fn start(targets: Targets, every: Duration) -> Poller {
+        let (tx, rx) = mpsc::channel();
+        let (stop, stop_rx) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("tcptrace-poll".into())
+            .spawn(move || {
+                loop {
+                    if tx.send(poll(&targets)).is_err() {
+                        return;
+                    }
+                    match stop_rx.recv_timeout(every) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                }
+            })
+            .ok();
+        Poller {
+            rx,
+            stop,
+            handle,
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The namespace target for `--netns`: the path the user gave, or one found for an inode.
+pub fn target_for(arg: &str, inode: u32) -> anyhow::Result<Targets> {
+    let path = if arg.contains('/') {
+        PathBuf::from(arg)
+    } else if arg.parse::<u32>().is_ok() {
+        return Ok(Targets::One(netns::find(inode)?));
+    } else {
+        PathBuf::from("/var/run/netns").join(arg)
+    };
+    Ok(Targets::One(netns::NetnsTarget { inode, path }))
+}
