@@ -105,6 +105,7 @@ fn main() {
         let mut replay = Replay::open(&path).expect("open");
         let mut pipe: Pipeline<std::io::Sink> = Pipeline::new(
             AggregatorConfig::default(),
+            Default::default(),
             None,
             Outputs::default(),
             WallClock::with_offset(0),

@@ -141,6 +141,8 @@ pub struct Aggregator {
     pub passive_opens: u64,
     pub closed: u64,
     pub retransmits: Retransmits,
+    /// SYN-ACK retransmits by listening port (bounded by `max_ports`).
+    pub synack_by_port: BTreeMap<u16, u64>,
     pub resets_sent: BTreeMap<&'static str, u64>,
     pub resets_received: BTreeMap<&'static str, u64>,
     pending: HashMap<(u64, SocketAddr, SocketAddr), PendingSyn>,
@@ -174,6 +176,7 @@ impl Aggregator {
             passive_opens: 0,
             closed: 0,
             retransmits: Retransmits::default(),
+            synack_by_port: BTreeMap::new(),
             resets_sent: BTreeMap::new(),
             resets_received: BTreeMap::new(),
             pending: HashMap::new(),
@@ -265,6 +268,12 @@ impl Aggregator {
             EventKind::RetransmitSynack { .. } => {
                 self.retransmits.synack += 1;
                 self.retransmits.total += 1;
+                let port = ev.local.port();
+                if self.synack_by_port.contains_key(&port)
+                    || self.synack_by_port.len() < self.cfg.max_ports
+                {
+                    *self.synack_by_port.entry(port).or_default() += 1;
+                }
                 *self
                     .pending_synack
                     .entry((ev.local, ev.remote))

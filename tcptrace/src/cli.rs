@@ -158,6 +158,16 @@ pub struct CommonArgs {
     #[arg(long, value_name = "N", default_value_t = 64, global = true)]
     pub max_ports: usize,
 
+    /// A socket in CLOSE_WAIT longer than this is reported as leaked: the peer closed and the
+    /// application never called close().
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub close_wait_threshold: Duration,
+
+    /// How often to take a sock_diag snapshot (listeners' accept queues and drops, CLOSE_WAIT,
+    /// TIME_WAIT and FIN_WAIT2 sockets, kernel counters) in each namespace of interest.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub poll_interval: Duration,
+
     /// Print the kernel programs' aya-log debug lines to stderr (slow; for debugging tcptrace).
     #[arg(long, global = true, hide_short_help = true)]
     pub debug_bpf: bool,

@@ -29,23 +29,7 @@ impl Filter {
 
     /// `owner_pid`: the socket's owner if the lifecycle table knows it.
     pub fn matches(&self, ev: &Event, owner_pid: Option<u32>) -> bool {
-        if let Some(ns) = self.netns
-            && ev.netns != ns
-        {
-            return false;
-        }
-        if let Some(f) = self.family {
-            let v6 = is_v6(&ev.local);
-            if (f == Family::V6) != v6 {
-                return false;
-            }
-        }
-        if !self.ports.is_empty()
-            && !self
-                .ports
-                .iter()
-                .any(|&p| p == ev.local.port() || p == ev.remote.port())
-        {
+        if !self.matches_socket(ev.netns, &ev.local, &ev.remote) {
             return false;
         }
         if let Some(pid) = self.pid
@@ -55,6 +39,26 @@ impl Filter {
             return false;
         }
         true
+    }
+}
+
+impl Filter {
+    /// The namespace, family and port parts of the filter (what a socket snapshot can be
+    /// checked against; owners are not known there).
+    pub fn matches_socket(&self, netns: u32, local: &SocketAddr, remote: &SocketAddr) -> bool {
+        if self.netns.is_some_and(|ns| ns != netns) {
+            return false;
+        }
+        if let Some(f) = self.family
+            && (f == Family::V6) != is_v6(local)
+        {
+            return false;
+        }
+        self.ports.is_empty()
+            || self
+                .ports
+                .iter()
+                .any(|&p| p == local.port() || p == remote.port())
     }
 }
 

@@ -7,6 +7,7 @@ use std::{
 use clap::Parser as _;
 use tcptrace::{
     aggregate::{AggregatorConfig, PassiveMethod},
+    diagnose::HealthConfig,
     cli::{Cli, Command, CommonArgs, EventsArgs, ReplayArgs, ReportArgs},
     filter::{Family, Filter, parse_netns},
     pipeline::{Outputs, Pipeline},
@@ -20,7 +21,8 @@ use tcptrace::{
     },
     source::{
         kernel::{KernelOptions, KernelSource},
-        record::Replay,
+        poller::{self, Poller, Targets},
+        record::{Item, Replay},
     },
 };
 
@@ -83,6 +85,21 @@ fn agg_config(common: &CommonArgs, passive: PassiveMethod) -> anyhow::Result<Agg
     })
 }
 
+fn health_config(common: &CommonArgs) -> HealthConfig {
+    HealthConfig {
+        close_wait_threshold_ns: common.close_wait_threshold.as_nanos() as u64,
+        ..HealthConfig::default()
+    }
+}
+
+/// Namespaces the sock_diag poller looks into: the one asked for, or all.
+fn poll_targets(common: &CommonArgs, filter_netns: Option<u32>) -> anyhow::Result<Targets> {
+    match (&common.netns, filter_netns) {
+        (Some(arg), Some(inode)) => poller::target_for(arg, inode),
+        _ => Ok(Targets::All),
+    }
+}
+
 fn outputs(common: &CommonArgs) -> anyhow::Result<Outputs> {
     Outputs::open(
         common.record.as_deref(),
@@ -102,6 +119,7 @@ fn stdout() -> Stdout {
 async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<()> {
     // Everything that can fail on bad input fails before any probe is attached.
     let filter_cfg = agg_config(common, PassiveMethod::SockOps)?;
+    let targets = poll_targets(common, filter_cfg.filter.netns)?;
     let out = outputs(common)?;
     let mut src = KernelSource::open(&KernelOptions {
         ring_bytes: common.ring_size,
@@ -130,9 +148,12 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         let format = if a.json { Format::Json } else { Format::Text };
         EventsSink::new(stdout(), format, clock)
     });
-    let mut pipe = Pipeline::new(cfg, events, out, clock);
+    let mut pipe = Pipeline::new(cfg, health_config(common), events, out, clock);
+    pipe.resolve_owners();
     let start_ns = monotonic_now_ns();
     pipe.begin(start_ns)?;
+    // The first snapshot is taken now, so sockets that existed before tracing are known.
+    let poll = Poller::start(targets.clone(), common.poll_interval);
     let watching = args.is_none();
     let tty = io::stdout().is_terminal();
     let passive_note = src.passive_note.clone();
@@ -143,7 +164,17 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         &mut src,
         common.duration,
         common.interval,
-        |batch| pipe.borrow_mut().batch(batch),
+        |batch| {
+            let mut p = pipe.borrow_mut();
+            while let Ok(snaps) = poll.rx.try_recv() {
+                for s in snaps? {
+                    if let Flow::Stop = p.snapshot(s)? {
+                        return Ok(Flow::Stop);
+                    }
+                }
+            }
+            p.batch(batch)
+        },
         |stats| {
             if !watching {
                 return Ok(());
@@ -154,6 +185,8 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
             totals.undecodable = stats.undecodable;
             let frame = watch::render(
                 &p.agg,
+                &p.health,
+                monotonic_now_ns(),
                 &totals,
                 stats.elapsed.as_secs_f64(),
                 &mut prev,
@@ -172,7 +205,12 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         },
     )
     .await?;
-    let pipe = pipe.into_inner();
+    drop(poll);
+    let mut pipe = pipe.into_inner();
+    // A last snapshot, so counters and drops cover the whole run.
+    for s in poller::poll(&targets)? {
+        pipe.snapshot(s)?;
+    }
     let shown = pipe.shown;
     let summary = pipe.finish(monotonic_now_ns(), stats.kernel.lost, stats.undecodable)?;
     closing_line(&summary, args.is_some().then_some(shown));
@@ -196,23 +234,27 @@ fn replay(common: &CommonArgs, args: &ReplayArgs) -> anyhow::Result<()> {
         let format = if args.json { Format::Json } else { Format::Text };
         EventsSink::new(stdout(), format, clock)
     });
-    let mut pipe = Pipeline::new(cfg, events, out, clock);
+    let mut pipe = Pipeline::new(cfg, health_config(common), events, out, clock);
     pipe.begin(rec.header.start_ns)?;
     let mut batch = Vec::with_capacity(4096);
     loop {
-        let next = rec.next_event()?;
-        let done = next.is_none();
-        if let Some(ev) = next {
-            batch.push(ev);
-        }
-        if (done || batch.len() == batch.capacity()) && !batch.is_empty() {
+        let next = rec.next_item()?;
+        let flush = !matches!(next, Some(Item::Event(_))) || batch.len() == batch.capacity();
+        if flush && !batch.is_empty() {
             if let Flow::Stop = pipe.batch(&batch)? {
                 break;
             }
             batch.clear();
         }
-        if done {
-            break;
+        match next {
+            None => break,
+            Some(Item::Event(ev)) => batch.push(ev),
+            Some(Item::Snapshot(s)) => {
+                if let Flow::Stop = pipe.snapshot(s)? {
+                    break;
+                }
+            }
+            Some(Item::Owner(inode, p)) => pipe.owner(inode, p),
         }
     }
     let trailer = rec.trailer().unwrap_or_default();
@@ -223,6 +265,8 @@ fn replay(common: &CommonArgs, args: &ReplayArgs) -> anyhow::Result<()> {
         let secs = trailer.end_ns.saturating_sub(rec.header.start_ns) as f64 / 1e9;
         let frame = watch::render(
             &pipe.agg,
+            &pipe.health,
+            trailer.end_ns,
             &totals,
             secs,
             &mut watch::Previous::default(),

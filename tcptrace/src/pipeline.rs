@@ -5,7 +5,9 @@ use std::{io::Write, path::Path, time::Duration};
 
 use crate::{
     aggregate::{Aggregator, AggregatorConfig},
+    diagnose::{Health, HealthConfig, Snapshot},
     event::Event,
+    owners::{Owners, ProcessInfo},
     output::AtomicFile,
     run::Flow,
     sink::{
@@ -42,28 +44,87 @@ impl Outputs {
 
 pub struct Pipeline<W: Write> {
     pub agg: Aggregator,
+    pub health: Health,
     pub totals: SourceTotals,
     pub shown: u64,
+    /// Resolves socket owners from /proc (live runs only; replays read recorded owners).
+    owners: Option<Owners>,
     events: Option<EventsSink<W>>,
     out: Outputs,
     clock: WallClock,
 }
 
+/// How long one owner scan of /proc may take.
+const OWNER_SCAN_BUDGET: Duration = Duration::from_millis(200);
+
 impl<W: Write> Pipeline<W> {
     pub fn new(
         cfg: AggregatorConfig,
+        health: HealthConfig,
         events: Option<EventsSink<W>>,
         out: Outputs,
         clock: WallClock,
     ) -> Self {
         Pipeline {
             agg: Aggregator::new(cfg),
+            health: Health::new(health),
             totals: SourceTotals::default(),
             shown: 0,
+            owners: None,
             events,
             out,
             clock,
         }
+    }
+
+    /// Live runs: look socket owners up in /proc.
+    pub fn resolve_owners(&mut self) {
+        self.owners = Some(Owners::default());
+    }
+
+    /// A socket snapshot from the sock_diag poller (or a recording).
+    pub fn snapshot(&mut self, mut s: Snapshot) -> anyhow::Result<Flow> {
+        let filter = &self.agg.config().filter;
+        s.sockets
+            .retain(|d| filter.matches_socket(s.netns, &d.local, &d.remote));
+        let crossed = self.health.on_snapshot(&s);
+        if let Some(owners) = &mut self.owners {
+            let want = self.health.inodes_wanting_owner(s.ts_ns);
+            owners.resolve(&want, OWNER_SCAN_BUDGET);
+            for inode in want {
+                if let Some(p) = owners.get(inode).cloned() {
+                    // Recorded before the snapshot, so a replay knows the owner in time.
+                    if let Some(r) = &mut self.out.record {
+                        r.write_owner(inode, &p)?;
+                    }
+                    self.health.set_owner(inode, p);
+                }
+            }
+        }
+        if let Some(r) = &mut self.out.record {
+            r.write_snapshot(&s)?;
+        }
+        self.health.end_snapshot(s.ts_ns);
+        let mut flow = Flow::Continue;
+        if let Some(sink) = &mut self.events {
+            for key in crossed {
+                if let Some(leak) = self.health.leak_report(&key, s.ts_ns) {
+                    self.shown += 1;
+                    if let Err(e) = sink.write_leak(s.ts_ns, &leak) {
+                        return crate::run::output_error(e);
+                    }
+                }
+            }
+            if let Err(e) = sink.flush() {
+                flow = crate::run::output_error(e)?;
+            }
+        }
+        Ok(flow)
+    }
+
+    /// An owner recorded by a live run (replay).
+    pub fn owner(&mut self, inode: u32, p: ProcessInfo) {
+        self.health.set_owner(inode, p);
     }
 
     pub fn begin(&mut self, start_ns: u64) -> anyhow::Result<()> {
@@ -92,6 +153,7 @@ impl<W: Write> Pipeline<W> {
             if let Some(h) = &mut self.out.hdr_log {
                 h.advance(&self.agg, ev.ts_ns)?;
             }
+            self.health.on_event(ev);
             let (outcome, pass) = self.agg.apply(ev);
             if pass && let Some(sink) = &mut self.events {
                 self.shown += 1;
@@ -124,7 +186,7 @@ impl<W: Write> Pipeline<W> {
                 undecodable,
             })?;
         }
-        let summary = Summary::build(&self.agg, &self.totals);
+        let summary = Summary::build(&self.agg, &self.health, &self.totals, end_ns);
         if let Some(f) = self.out.json_summary.take() {
             f.commit(summary.to_json().as_bytes())?;
         }

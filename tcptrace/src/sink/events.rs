@@ -4,6 +4,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::{
+    diagnose::Leak,
     event::{Event, EventKind, TcpState, rst_reason_name},
     lifecycle::Outcome,
     sink::WallClock,
@@ -45,6 +46,10 @@ struct JsonEvent<'a> {
     reason: Option<String>,
     owner_pid: Option<u32>,
     owner_comm: Option<String>,
+    /// `leak` events: time in CLOSE_WAIT, whether that is a lower bound, unread bytes.
+    age_s: Option<f64>,
+    age_is_lower_bound: Option<bool>,
+    recv_q: Option<u32>,
 }
 
 fn state_name(s: Option<TcpState>) -> Option<&'static str> {
@@ -86,6 +91,59 @@ impl<W: Write> EventsSink<W> {
         match self.format {
             Format::Json => self.write_json(ev, outcome),
             Format::Text => self.write_text(ev, outcome),
+        }
+    }
+
+    /// A socket that has just been in CLOSE_WAIT longer than the threshold.
+    pub fn write_leak(&mut self, ts_ns: u64, l: &Leak) -> io::Result<()> {
+        let time = self.clock.rfc3339(ts_ns);
+        match self.format {
+            Format::Json => {
+                let line = JsonEvent {
+                    time: &time,
+                    ts_ns,
+                    kind: "leak",
+                    skaddr: "0x0".into(),
+                    pid: l.pid.unwrap_or(0),
+                    tid: 0,
+                    comm: l.comm.as_deref().unwrap_or(""),
+                    netns: l.netns,
+                    family: if l.laddr.contains(':') { "ipv6" } else { "ipv4" },
+                    laddr: l.laddr.clone(),
+                    lport: l.lport,
+                    raddr: l.raddr.clone(),
+                    rport: l.rport,
+                    old_state: None,
+                    new_state: None,
+                    state: Some("CLOSE_WAIT"),
+                    dwell_ms: None,
+                    reason: None,
+                    owner_pid: l.pid,
+                    owner_comm: l.comm.clone(),
+                    age_s: Some(l.age_s),
+                    age_is_lower_bound: Some(l.age_is_lower_bound),
+                    recv_q: Some(l.recv_q),
+                };
+                serde_json::to_writer(&mut self.out, &line)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Text => {
+                let hms = time.get(11..26).unwrap_or(&time).to_string();
+                writeln!(
+                    self.out,
+                    "{:<15} {:<16} {:>7} {:<15} {:<28} {:<28} {:>10}  LEAK: CLOSE_WAIT for {}{:.1}s, {} bytes unread",
+                    hms,
+                    "-",
+                    l.pid.map_or("?".into(), |p| p.to_string()),
+                    l.comm.as_deref().unwrap_or("?"),
+                    format!("{}:{}", l.laddr, l.lport),
+                    format!("{}:{}", l.raddr, l.rport),
+                    "",
+                    if l.age_is_lower_bound { ">= " } else { "" },
+                    l.age_s,
+                    l.recv_q
+                )
+            }
         }
     }
 
@@ -163,6 +221,9 @@ impl<W: Write> EventsSink<W> {
             reason,
             owner_pid: outcome.owner.map(|o| o.pid),
             owner_comm: outcome.owner.map(|o| o.comm.as_str().into_owned()),
+            age_s: None,
+            age_is_lower_bound: None,
+            recv_q: None,
         };
         serde_json::to_writer(&mut self.out, &line)?;
         self.out.write_all(b"\n")
@@ -228,7 +289,7 @@ mod tests {
         for k in [
             "time", "ts_ns", "kind", "skaddr", "pid", "tid", "comm", "netns", "family", "laddr",
             "lport", "raddr", "rport", "old_state", "new_state", "state", "dwell_ms", "reason",
-            "owner_pid", "owner_comm",
+            "owner_pid", "owner_comm", "age_s", "age_is_lower_bound", "recv_q",
         ] {
             assert!(keys.contains(&k.to_string()), "missing {k}");
         }

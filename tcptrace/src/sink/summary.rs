@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregator, Retransmits},
+    aggregate::{Aggregator, NO_SOCKET, Retransmits},
+    diagnose::{Health, Leak, LeaksByProcess, ListenerReport, TimeWait, reset_meaning},
     hist::HistSummary,
 };
 
@@ -85,6 +86,26 @@ pub struct Summary {
     pub retransmits: Retransmits,
     pub resets: Resets,
     pub by_port: BTreeMap<String, PortSummary>,
+    pub listeners: Vec<Listener>,
+    pub close_wait_leaks: Vec<Leak>,
+    pub close_wait_leaks_by_process: Vec<LeaksByProcess>,
+    pub time_wait: TimeWait,
+    pub fin_wait2_timeouts: u64,
+    /// Resets sent and received, by the state they happened in (`NO_SOCKET`: sent for a
+    /// segment that matched no socket).
+    pub resets_by_state: BTreeMap<&'static str, u64>,
+    pub kernel_counters: BTreeMap<&'static str, i64>,
+    pub sysctls: BTreeMap<&'static str, String>,
+    /// Every finding, one sentence each, most important first.
+    pub diagnosis: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Listener {
+    #[serde(flatten)]
+    pub report: ListenerReport,
+    pub synack_retransmits: u64,
+    pub handshake_passive: HistSummary,
 }
 
 fn per_s(n: u64, secs: f64) -> f64 {
@@ -96,9 +117,30 @@ fn per_s(n: u64, secs: f64) -> f64 {
 }
 
 impl Summary {
-    pub fn build(agg: &Aggregator, totals: &SourceTotals) -> Summary {
+    pub fn build(agg: &Aggregator, health: &Health, totals: &SourceTotals, now_ns: u64) -> Summary {
         let secs = agg.duration_ns() as f64 / 1e9;
         let t = agg.table_stats();
+        let listeners: Vec<Listener> = health
+            .listeners(&agg.synack_by_port)
+            .into_iter()
+            .map(|report| Listener {
+                synack_retransmits: agg.synack_by_port.get(&report.port).copied().unwrap_or(0),
+                handshake_passive: agg
+                    .by_port
+                    .get(&report.port)
+                    .map(|p| p.handshake_passive.summary())
+                    .unwrap_or_default(),
+                report,
+            })
+            .collect();
+        let mut resets_by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for (state, n) in agg.resets_sent.iter().chain(agg.resets_received.iter()) {
+            *resets_by_state.entry(state).or_default() += n;
+        }
+        let leaks = health.leaks(now_ns);
+        let by_process = health.leaks_by_process(now_ns);
+        let time_wait = health.time_wait();
+        let diagnosis = diagnosis(agg, health, &listeners, &by_process, &time_wait);
         Summary {
             duration_s: (secs * 1000.0).round() / 1000.0,
             events: Events {
@@ -160,6 +202,15 @@ impl Summary {
                     )
                 })
                 .collect(),
+            listeners,
+            close_wait_leaks: leaks,
+            close_wait_leaks_by_process: by_process,
+            time_wait,
+            fin_wait2_timeouts: health.fin_wait2_timeouts,
+            resets_by_state,
+            kernel_counters: health.counter_deltas(),
+            sysctls: health.sysctls.clone(),
+            diagnosis,
         }
     }
 
@@ -169,6 +220,57 @@ impl Summary {
         s.push('\n');
         s
     }
+}
+
+/// The findings in plain words, each naming the socket or process, the number, and the knob or
+/// behaviour behind it.
+fn diagnosis(
+    agg: &Aggregator,
+    health: &Health,
+    listeners: &[Listener],
+    leaks: &[LeaksByProcess],
+    tw: &TimeWait,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in listeners.iter().filter(|l| l.report.diagnosis != "ok") {
+        let who = match (&l.report.comm, l.report.pid) {
+            (Some(c), Some(p)) => format!(" ({c}[{p}])"),
+            _ => String::new(),
+        };
+        out.push(format!("listener {}:{}{who}: {}", l.report.addr, l.report.port, l.report.diagnosis));
+    }
+    for p in leaks {
+        let who = match (&p.comm, p.pid) {
+            (Some(c), Some(pid)) => format!("{c}[{pid}]"),
+            _ => "an unknown process".to_string(),
+        };
+        out.push(format!(
+            "{who} holds {} sockets in CLOSE_WAIT{}: the peer closed and the application never called close() (a leak)",
+            p.count,
+            if p.growing { ", and the number is growing" } else { "" }
+        ));
+    }
+    out.extend(tw.port_exhaustion.iter().cloned());
+    if health.fin_wait2_timeouts > 0 {
+        out.push(format!(
+            "{} connections timed out in FIN_WAIT2 (net.ipv4.tcp_fin_timeout): the peer never closed its side",
+            health.fin_wait2_timeouts
+        ));
+    }
+    if agg.retransmits.syn > 0 {
+        out.push(format!(
+            "{} SYNs retransmitted: destinations are slow to answer or drop SYNs (a full accept queue there, a firewall, or loss); each costs >= 1 s",
+            agg.retransmits.syn
+        ));
+    }
+    for (state, n) in &agg.resets_received {
+        out.push(format!("{n} resets received in {state}: {}", reset_meaning(state, true)));
+    }
+    for (state, n) in &agg.resets_sent {
+        out.push(format!("{n} resets sent in {state}: {}", reset_meaning(state, false)));
+    }
+    let _ = NO_SOCKET;
+    out
 }
 
 #[cfg(test)]
@@ -183,11 +285,13 @@ mod tests {
         agg.finish(2_000_000_000);
         let s = Summary::build(
             &agg,
+            &Health::new(Default::default()),
             &SourceTotals {
                 received: 5,
                 lost: 1,
                 undecodable: 0,
             },
+            2_000_000_000,
         );
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
         assert_eq!(v["duration_s"], 2.0);
@@ -210,6 +314,18 @@ mod tests {
             assert!(v["resets"].get(k).is_some(), "resets.{k}");
         }
         assert!(v["dwell"].is_object());
+        for k in [
+            "listeners",
+            "close_wait_leaks",
+            "time_wait",
+            "fin_wait2_timeouts",
+            "resets_by_state",
+            "kernel_counters",
+            "sysctls",
+            "diagnosis",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
         assert!(v["by_port"].is_object());
     }
 }

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     aggregate::Aggregator,
+    diagnose::Health,
     hist::{Hist, human_us},
     sink::summary::SourceTotals,
 };
@@ -35,6 +36,8 @@ fn row(out: &mut String, name: &str, h: &Hist) {
 /// Renders one frame. `elapsed_s` is the time since tracing started.
 pub fn render(
     agg: &Aggregator,
+    health: &Health,
+    now_ns: u64,
     totals: &SourceTotals,
     elapsed_s: f64,
     prev: &mut Previous,
@@ -97,6 +100,62 @@ pub fn render(
         let _ = write!(out, "  (most received in {state}: {n})");
     }
     out.push('\n');
+    let listeners = health.listeners(&agg.synack_by_port);
+    if !listeners.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<30} {:>6} {:>6} {:>6} {:>7}  OWNER",
+            "LISTENER (accept queue)", "QUEUE", "PEAK", "LIMIT", "DROPS"
+        );
+        // Troubled listeners first, then the busiest.
+        let mut ls: Vec<_> = listeners.iter().collect();
+        ls.sort_by_key(|l| (l.diagnosis == "ok", std::cmp::Reverse(l.queue_peak)));
+        for l in ls.iter().take(8) {
+            let owner = match (&l.comm, l.pid) {
+                (Some(c), Some(p)) => format!("{c}[{p}]"),
+                _ => "-".into(),
+            };
+            let addr: String = format!("{}:{}", l.addr, l.port).chars().take(30).collect();
+            let _ = writeln!(
+                out,
+                "{:<30} {:>6} {:>6} {:>6} {:>7}  {}",
+                addr,
+                l.queue_len,
+                l.queue_peak,
+                l.backlog_limit,
+                l.drops,
+                owner.chars().take(18).collect::<String>()
+            );
+        }
+    }
+    let leaks = health.leaks_by_process(now_ns);
+    if !leaks.is_empty() {
+        let total: usize = leaks.iter().map(|l| l.count).sum();
+        let who: Vec<String> = leaks
+            .iter()
+            .take(3)
+            .map(|l| {
+                format!(
+                    "{}[{}] {}{}",
+                    l.comm.as_deref().unwrap_or("?"),
+                    l.pid.map_or("?".into(), |p| p.to_string()),
+                    l.count,
+                    if l.growing { "+" } else { "" }
+                )
+            })
+            .collect();
+        let line = format!("CLOSE_WAIT LEAKS {total}: {}", who.join(", "));
+        let _ = writeln!(out, "{}", line.chars().take(80).collect::<String>());
+    }
+    let tw = health.time_wait();
+    let _ = writeln!(
+        out,
+        "TIME_WAIT {}  FIN_WAIT2 timeouts {}",
+        tw.count, health.fin_wait2_timeouts
+    );
+    for w in &tw.port_exhaustion {
+        let _ = writeln!(out, "WARNING: {}", w.chars().take(71).collect::<String>());
+    }
     if totals.lost > 0 {
         let _ = writeln!(
             out,
@@ -124,6 +183,8 @@ mod tests {
         let mut prev = Previous::default();
         let frame = render(
             &agg,
+            &Health::new(Default::default()),
+            0,
             &SourceTotals {
                 received: 123_456_789,
                 lost: 5,

@@ -1,0 +1,520 @@
+//! The aggregator's measurements against ground truth: real connections in a private namespace
+//! (made slow on purpose with nftables or by the application), the tracer's JSON summary
+//! compared with the kernel's counters and the test's own clock.
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tcptrace_tests::outputs::{
+    TempDir, assert_between_us, drop_first, hdr_tol_us, hist, int, read_summary,
+};
+use tcptrace_tests::scenario::{CLIENT_THREAD, SERVER_THREAD, STEP_TIMEOUT, accept_timeout};
+use tcptrace_tests::{Counters, EventExt, Netns, Tracer, describe_all};
+
+/// The initial retransmission timeout is 1 s; a timer may fire a few jiffies early.
+const RTO_MIN_US: u64 = 995_000;
+/// How far the test's clock around a syscall may be from the kernel's timestamps inside it
+/// (thread wake-ups, scheduling on a busy machine).
+const SLACK_US: f64 = 5_000.0;
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn join<T>(h: thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Inside the calling thread's namespace: `n` clients connect to `addr` at the same time and
+/// close at once; a server accepts them all and reads each to EOF. Returns each client's local
+/// address and how long its connect() took.
+fn concurrent_connects(addr: SocketAddr, n: usize) -> Vec<(SocketAddr, Duration)> {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let r = thread::scope(|s| {
+        let l = &listener;
+        let server = thread::Builder::new()
+            .name(SERVER_THREAD.into())
+            .spawn_scoped(s, move || {
+                for _ in 0..n {
+                    let (mut c, _) = accept_timeout(l, STEP_TIMEOUT);
+                    c.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+                    let mut buf = Vec::new();
+                    c.read_to_end(&mut buf).expect("server read to EOF");
+                }
+            })
+            .unwrap();
+        let clients: Vec<_> = (0..n)
+            .map(|_| {
+                thread::Builder::new()
+                    .name(CLIENT_THREAD.into())
+                    .spawn_scoped(s, move || {
+                        let t0 = Instant::now();
+                        let c = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)
+                            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+                        let t = t0.elapsed();
+                        (c.local_addr().unwrap(), t)
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let r: Vec<_> = clients.into_iter().map(join).collect();
+        join(server);
+        r
+    });
+    drop(listener);
+    r
+}
+
+#[test]
+fn dropped_first_syns_make_one_second_active_handshakes() {
+    const N: usize = 5;
+    const PORT: u16 = 22101;
+    let ns = Netns::new();
+    drop_first(&ns, PORT, "syn|ack", "syn");
+    let dir = TempDir::new("syn");
+    let sum = dir.arg("summary.json");
+    let before = Counters::read(&ns);
+    let tracer = Tracer::events(&["--netns", ns.path_str(), "--json-summary", &sum]);
+    let clients = ns.run(move || concurrent_connects(addr(PORT), N));
+    let out = tracer.stop();
+    let after = Counters::read(&ns);
+    out.assert_clean();
+    let s = read_summary(&dir.file("summary.json"));
+    let ctx = format!("summary:\n{s:#}\nclients (local, connect time): {clients:?}");
+
+    // Ground truth: every first SYN was dropped, so every connect() waited for the 1 s RTO.
+    for (local, t) in &clients {
+        assert!(
+            us(*t) >= RTO_MIN_US as f64,
+            "connect() from {local} took {t:?}: its first SYN was not dropped?"
+        );
+    }
+    assert_eq!(
+        before.delta(&after, "Tcp.RetransSegs"),
+        N as i64,
+        "kernel's retransmit count in the namespace"
+    );
+
+    let active = hist(&s, "/handshake/active");
+    assert_eq!(active.count, N as u64, "handshake.active.count; {ctx}");
+    assert!(
+        active.min() >= RTO_MIN_US && active.p50() >= RTO_MIN_US,
+        "every active handshake took >= 1 s (min {} µs, p50 {} µs); {ctx}",
+        active.min(),
+        active.p50()
+    );
+    assert_eq!(int(&s, "/retransmits/syn"), N as u64, "retransmits.syn; {ctx}");
+    assert_eq!(int(&s, "/retransmits/synack"), 0, "retransmits.synack; {ctx}");
+    assert_eq!(
+        int(&s, "/retransmits/total"),
+        N as u64,
+        "retransmits.total; {ctx}"
+    );
+    assert_eq!(
+        s["handshake"]["active_by_syn_retransmits"],
+        json!({ "1": N }),
+        "handshake.active_by_syn_retransmits; {ctx}"
+    );
+    let by_rport = hist(&s, &format!("/handshake/active_by_remote_port/{PORT}"));
+    assert_eq!(by_rport, active, "active_by_remote_port.{PORT}; {ctx}");
+    assert_eq!(int(&s, "/connections/active_opens"), N as u64, "{ctx}");
+    assert_eq!(int(&s, "/connections/passive_opens"), N as u64, "{ctx}");
+
+    // The tracer's handshake lies inside the client's connect(): not longer, and at most a
+    // scheduling delay shorter.
+    let times: Vec<f64> = clients.iter().map(|(_, t)| us(*t)).collect();
+    let min_ct = times.iter().cloned().fold(f64::MAX, f64::min);
+    let max_ct = times.iter().cloned().fold(0.0, f64::max);
+    let mean_ct = times.iter().sum::<f64>() / N as f64;
+    let near = 50_000.0;
+    assert_between_us("handshake.active.min", active.min(), min_ct - near, min_ct, 0.0, &ctx);
+    assert_between_us("handshake.active.max", active.max(), max_ct - near, max_ct, 0.0, &ctx);
+    let mean = active.mean();
+    assert!(
+        mean >= mean_ct - near - hdr_tol_us(mean_ct) && mean <= mean_ct + hdr_tol_us(mean_ct),
+        "handshake.active.mean {mean} µs vs. the clients' mean connect() {mean_ct:.0} µs; {ctx}"
+    );
+    // And connection by connection, through the events of the same run.
+    for (local, t) in &clients {
+        let e = out
+            .events
+            .iter()
+            .find(|e| {
+                e.is_transition("SYN_SENT", "ESTABLISHED") && e.lport() == Some(local.port() as u64)
+            })
+            .unwrap_or_else(|| out.fail(&format!("no SYN_SENT -> ESTABLISHED from {local}")));
+        let d = e.f64_of("dwell_ms").expect("dwell_ms") * 1e3;
+        assert!(
+            d <= us(*t) + 1.0 && d >= us(*t) - near,
+            "{local}: SYN_SENT dwell {d:.0} µs vs. connect() {:.0} µs; {ctx}",
+            us(*t)
+        );
+    }
+
+    // The server never saw the dropped SYNs: its handshakes are short.
+    let passive = hist(&s, "/handshake/passive");
+    assert_eq!(passive.count, N as u64, "handshake.passive.count; {ctx}");
+    assert!(
+        passive.max() < 100_000,
+        "passive handshakes are not slowed by SYNs the server never saw; {ctx}"
+    );
+    assert_eq!(
+        hist(&s, &format!("/by_port/{PORT}/handshake_passive")),
+        passive,
+        "by_port.{PORT}.handshake_passive; {ctx}"
+    );
+}
+
+/// What the test's clock saw of one connection in [`dwell_in_established_and_close_wait`].
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    port: u16,
+    /// Client: around connect() and around close().
+    c0: Instant,
+    c1: Instant,
+    c2: Instant,
+    c3: Instant,
+    /// Server: read() returned EOF; around close().
+    s_eof: Instant,
+    s2: Instant,
+    s3: Instant,
+}
+
+impl Held {
+    /// Bounds of the server socket's ESTABLISHED dwell: it began inside connect() (the final
+    /// ACK) and ended when the client's FIN arrived (inside the client's close(), before the
+    /// server's read() saw EOF).
+    fn established(&self) -> (f64, f64) {
+        let fin_by = self.c3.min(self.s_eof);
+        (us(self.c2 - self.c1), us(fin_by - self.c0))
+    }
+
+    /// Bounds of its CLOSE_WAIT dwell: from the FIN to the server's close().
+    fn close_wait(&self) -> (f64, f64) {
+        let fin_by = self.c3.min(self.s_eof);
+        (us(self.s2 - fin_by), us(self.s3 - self.c2))
+    }
+
+    /// Bounds of the client socket's ESTABLISHED dwell: connect() to close().
+    fn client_established(&self) -> (f64, f64) {
+        (us(self.c2 - self.c1), us(self.c3 - self.c0))
+    }
+}
+
+/// On `port`: a client connects, waits `hold_est` and closes; the server accepts, reads EOF,
+/// waits `hold_cw` and closes.
+fn held_connection(port: u16, hold_est: Duration, hold_cw: Duration) -> Held {
+    let a = addr(port);
+    let listener = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+    let h = thread::scope(|s| {
+        let l = &listener;
+        let server = thread::Builder::new()
+            .name(SERVER_THREAD.into())
+            .spawn_scoped(s, move || {
+                let (mut c, _) = accept_timeout(l, STEP_TIMEOUT);
+                c.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+                let mut buf = [0u8; 16];
+                let n = c.read(&mut buf).expect("server read");
+                let s_eof = Instant::now();
+                assert_eq!(n, 0, "the client sends nothing");
+                thread::sleep(hold_cw);
+                let s2 = Instant::now();
+                drop(c);
+                (s_eof, s2, Instant::now())
+            })
+            .unwrap();
+        let client = thread::Builder::new()
+            .name(CLIENT_THREAD.into())
+            .spawn_scoped(s, move || {
+                let c0 = Instant::now();
+                let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
+                    .unwrap_or_else(|e| panic!("connect {a}: {e}"));
+                let c1 = Instant::now();
+                thread::sleep(hold_est);
+                let c2 = Instant::now();
+                drop(c);
+                (c0, c1, c2, Instant::now())
+            })
+            .unwrap();
+        let (c0, c1, c2, c3) = join(client);
+        let (s_eof, s2, s3) = join(server);
+        Held {
+            port,
+            c0,
+            c1,
+            c2,
+            c3,
+            s_eof,
+            s2,
+            s3,
+        }
+    });
+    drop(listener);
+    h
+}
+
+#[test]
+fn dwell_in_established_and_close_wait() {
+    // One connection per listening port, all at once, each held for different times.
+    const CASES: [(u16, u64, u64); 3] = [(22201, 200, 500), (22202, 300, 350), (22203, 400, 250)];
+    let ns = Netns::new();
+    let dir = TempDir::new("dwell");
+    let sum = dir.arg("summary.json");
+    let tracer = Tracer::events(&["--netns", ns.path_str(), "--json-summary", &sum]);
+    let held: Vec<Held> = ns.run(|| {
+        thread::scope(|s| {
+            let hs: Vec<_> = CASES
+                .iter()
+                .map(|&(port, est, cw)| {
+                    s.spawn(move || {
+                        held_connection(
+                            port,
+                            Duration::from_millis(est),
+                            Duration::from_millis(cw),
+                        )
+                    })
+                })
+                .collect();
+            hs.into_iter().map(join).collect()
+        })
+    });
+    let out = tracer.stop();
+    out.assert_clean();
+    let s = read_summary(&dir.file("summary.json"));
+    let ctx = format!("summary:\n{s:#}");
+
+    // by_port holds the accepted sockets, keyed by their local (listening) port, and only them.
+    let ports: Vec<String> = s["by_port"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no by_port object; {ctx}"))
+        .keys()
+        .cloned()
+        .collect();
+    let want: Vec<String> = CASES.iter().map(|c| c.0.to_string()).collect();
+    assert_eq!(ports, want, "by_port keys; {ctx}");
+
+    let mut cw_values = Vec::new();
+    let mut est_bounds = Vec::new();
+    for h in &held {
+        let p = h.port;
+        let states: Vec<&String> = s["by_port"][p.to_string()]["dwell"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no by_port.{p}.dwell; {ctx}"))
+            .keys()
+            .collect();
+        assert_eq!(
+            states,
+            ["CLOSE_WAIT", "ESTABLISHED", "LAST_ACK", "SYN_RECV"],
+            "by_port.{p}.dwell has the server's states only; {ctx}"
+        );
+        let est = hist(&s, &format!("/by_port/{p}/dwell/ESTABLISHED"));
+        let cw = hist(&s, &format!("/by_port/{p}/dwell/CLOSE_WAIT"));
+        assert_eq!(est.count, 1, "by_port.{p}.dwell.ESTABLISHED.count; {ctx}");
+        assert_eq!(cw.count, 1, "by_port.{p}.dwell.CLOSE_WAIT.count; {ctx}");
+        let (lo, hi) = h.established();
+        let what = format!("by_port.{p}.dwell.ESTABLISHED");
+        assert_between_us(&format!("{what}.min"), est.min(), lo, hi, SLACK_US, &ctx);
+        assert_between_us(&format!("{what}.max"), est.max(), lo, hi, SLACK_US, &ctx);
+        let (lo, hi) = h.close_wait();
+        let what = format!("by_port.{p}.dwell.CLOSE_WAIT");
+        assert_between_us(&format!("{what}.min"), cw.min(), lo, hi, SLACK_US, &ctx);
+        assert_between_us(&format!("{what}.max"), cw.max(), lo, hi, SLACK_US, &ctx);
+        cw_values.push((cw.min(), cw.max()));
+        est_bounds.push(h.established());
+        est_bounds.push(h.client_established());
+
+        // The same figure as the event stream's dwell_ms of the server socket.
+        let ev = out
+            .events
+            .iter()
+            .find(|e| e.is_transition("ESTABLISHED", "CLOSE_WAIT") && e.lport() == Some(p as u64))
+            .unwrap_or_else(|| out.fail(&format!("no ESTABLISHED -> CLOSE_WAIT on port {p}")));
+        let d = ev.f64_of("dwell_ms").expect("dwell_ms") * 1e3;
+        assert!(
+            (d - est.max() as f64).abs() <= hdr_tol_us(d),
+            "port {p}: ESTABLISHED dwell {d:.0} µs in the events vs. {} µs in the summary; {ctx}",
+            est.max()
+        );
+    }
+
+    // Overall: only the three servers were ever in CLOSE_WAIT (the clients closed first).
+    let cw = hist(&s, "/dwell/CLOSE_WAIT");
+    assert_eq!(cw.count, 3, "dwell.CLOSE_WAIT.count; {ctx}");
+    let per_port_min = cw_values.iter().map(|v| v.0).min().unwrap();
+    let per_port_max = cw_values.iter().map(|v| v.1).max().unwrap();
+    assert_eq!(cw.min(), per_port_min, "dwell.CLOSE_WAIT.min; {ctx}");
+    assert_eq!(cw.max(), per_port_max, "dwell.CLOSE_WAIT.max; {ctx}");
+    // Both ends of each connection were ESTABLISHED for about the client's hold.
+    let est = hist(&s, "/dwell/ESTABLISHED");
+    assert_eq!(est.count, 6, "dwell.ESTABLISHED.count (3 clients + 3 servers); {ctx}");
+    let lo_min = est_bounds.iter().map(|b| b.0).fold(f64::MAX, f64::min);
+    let hi_min = est_bounds.iter().map(|b| b.1).fold(f64::MAX, f64::min);
+    let lo_max = est_bounds.iter().map(|b| b.0).fold(0.0, f64::max);
+    let hi_max = est_bounds.iter().map(|b| b.1).fold(0.0, f64::max);
+    assert_between_us("dwell.ESTABLISHED.min", est.min(), lo_min, hi_min, SLACK_US, &ctx);
+    assert_between_us("dwell.ESTABLISHED.max", est.max(), lo_max, hi_max, SLACK_US, &ctx);
+}
+
+/// What the test's clock saw of a passive handshake.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    connect_start: Instant,
+    connect_end: Instant,
+    accepted_at: Instant,
+}
+
+/// Inside the calling thread's namespace: a client connects to `a` and stays silent until the
+/// server has accepted (so the only ACKs it sends before that are handshake ACKs), then closes.
+fn accepted_connection(a: SocketAddr) -> Accepted {
+    let listener = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+    let r = thread::scope(|s| {
+        let l = &listener;
+        let (tx, rx) = mpsc::channel::<Instant>();
+        let server = thread::Builder::new()
+            .name(SERVER_THREAD.into())
+            .spawn_scoped(s, move || {
+                let (mut c, _) = accept_timeout(l, STEP_TIMEOUT);
+                tx.send(Instant::now()).unwrap();
+                c.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+                let mut buf = Vec::new();
+                c.read_to_end(&mut buf).expect("server read to EOF");
+            })
+            .unwrap();
+        let client = thread::Builder::new()
+            .name(CLIENT_THREAD.into())
+            .spawn_scoped(s, move || {
+                let connect_start = Instant::now();
+                let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
+                    .unwrap_or_else(|e| panic!("connect {a}: {e}"));
+                let connect_end = Instant::now();
+                let accepted_at = rx.recv_timeout(STEP_TIMEOUT).expect("server never accepted");
+                drop(c);
+                Accepted {
+                    connect_start,
+                    connect_end,
+                    accepted_at,
+                }
+            })
+            .unwrap();
+        let r = join(client);
+        join(server);
+        r
+    });
+    drop(listener);
+    r
+}
+
+#[test]
+fn passive_handshake_includes_synack_retransmits() {
+    const SLOW: u16 = 22301; // the client's final handshake ACK is dropped once
+    const FAST: u16 = 22302; // nothing dropped
+    let ns = Netns::new();
+    drop_first(&ns, SLOW, "syn|ack|fin|rst|psh", "ack");
+    let dir = TempDir::new("passive");
+    let sum = dir.arg("summary.json");
+    let before = Counters::read(&ns);
+    let tracer = Tracer::events(&[
+        "--netns",
+        ns.path_str(),
+        "--json-summary",
+        &sum,
+        "--passive-method",
+        "auto",
+    ]);
+    let (fast, slow) = ns.run(|| {
+        let fast = accepted_connection(addr(FAST));
+        let slow = accepted_connection(addr(SLOW));
+        (fast, slow)
+    });
+    let out = tracer.stop();
+    let after = Counters::read(&ns);
+    out.assert_clean();
+    let s = read_summary(&dir.file("summary.json"));
+    let ctx = format!(
+        "summary:\n{s:#}\nfast: {fast:?}\nslow: {slow:?}\nevents:\n{}",
+        describe_all(&out.events)
+    );
+
+    // Ground truth: the slow client was connected at once, its server only ~1 s later, after
+    // one SYN-ACK retransmit.
+    assert!(
+        slow.connect_end - slow.connect_start < Duration::from_millis(500),
+        "connect() took {:?}; {ctx}",
+        slow.connect_end - slow.connect_start
+    );
+    assert!(
+        us(slow.accepted_at - slow.connect_end) >= RTO_MIN_US as f64,
+        "accept() returned {:?} after connect(): the final ACK was not dropped?",
+        slow.accepted_at - slow.connect_end
+    );
+    assert_eq!(
+        before.delta(&after, "Tcp.RetransSegs"),
+        1,
+        "kernel's retransmit count in the namespace"
+    );
+
+    // sock_ops is available here (cgroup v2): no fallback to srtt, which would miss the
+    // retransmit.
+    assert_eq!(
+        s["handshake"]["passive_method"],
+        Value::from("sock_ops"),
+        "handshake.passive_method; {ctx}"
+    );
+    assert!(
+        !out.stderr.contains("measured by srtt"),
+        "the tracer fell back to srtt:\n{}",
+        out.stderr
+    );
+    assert_eq!(int(&s, "/retransmits/synack"), 1, "retransmits.synack; {ctx}");
+    assert_eq!(int(&s, "/retransmits/syn"), 0, "retransmits.syn; {ctx}");
+
+    // From the SYN's arrival (inside connect()) to the accepted socket's ESTABLISHED (before
+    // accept() returned).
+    let slow_h = hist(&s, &format!("/by_port/{SLOW}/handshake_passive"));
+    assert_eq!(slow_h.count, 1, "by_port.{SLOW}.handshake_passive.count; {ctx}");
+    assert!(
+        slow_h.min() >= RTO_MIN_US,
+        "by_port.{SLOW}.handshake_passive includes the ~1 s SYN-ACK retransmit; {ctx}"
+    );
+    assert_between_us(
+        &format!("by_port.{SLOW}.handshake_passive"),
+        slow_h.max(),
+        us(slow.accepted_at - slow.connect_end) - 50_000.0,
+        us(slow.accepted_at - slow.connect_start),
+        0.0,
+        &ctx,
+    );
+    let fast_h = hist(&s, &format!("/by_port/{FAST}/handshake_passive"));
+    assert_eq!(fast_h.count, 1, "by_port.{FAST}.handshake_passive.count; {ctx}");
+    assert!(
+        fast_h.max() < 100_000,
+        "a handshake with nothing dropped is quick; {ctx}"
+    );
+    assert!(
+        fast_h.max() as f64
+            <= us(fast.accepted_at - fast.connect_start)
+                + hdr_tol_us(us(fast.accepted_at - fast.connect_start)),
+        "by_port.{FAST}.handshake_passive is longer than connect() to accept(); {ctx}"
+    );
+    let passive = hist(&s, "/handshake/passive");
+    assert_eq!(passive.count, 2, "handshake.passive.count; {ctx}");
+    assert_eq!(passive.min(), fast_h.min(), "handshake.passive.min; {ctx}");
+    assert_eq!(passive.max(), slow_h.max(), "handshake.passive.max; {ctx}");
+
+    // The clients' side did not wait.
+    let active = hist(&s, "/handshake/active");
+    assert_eq!(active.count, 2, "handshake.active.count; {ctx}");
+    assert!(active.max() < 500_000, "handshake.active.max; {ctx}");
+    assert_eq!(
+        s["handshake"]["active_by_syn_retransmits"],
+        json!({ "0": 2 }),
+        "handshake.active_by_syn_retransmits; {ctx}"
+    );
+}
