@@ -518,3 +518,37 @@ fn passive_handshake_includes_synack_retransmits() {
         "handshake.active_by_syn_retransmits; {ctx}"
     );
 }
+
+#[test]
+fn filtered_out_handshakes_leave_nothing_pending() {
+    const TRACED: u16 = 22701;
+    const OTHER: u16 = 22702;
+    let traced = Netns::new();
+    let other = Netns::new();
+    let dir = TempDir::new("pending");
+    let sum = dir.arg("summary.json");
+    let tracer = Tracer::events(&["--netns", traced.path_str(), "--json-summary", &sum]);
+    for _ in 0..3 {
+        tcptrace_tests::scenario::exchange(&other, addr(OTHER), Duration::from_millis(1));
+    }
+    tcptrace_tests::scenario::exchange(&traced, addr(TRACED), Duration::from_millis(1));
+    let out = tracer.stop();
+    out.assert_clean();
+    let s = read_summary(&dir.file("summary.json"));
+    let ctx = format!("summary:\n{s:#}");
+    assert_eq!(hist(&s, "/handshake/passive").count, 1, "{ctx}");
+    assert_eq!(
+        s["by_port"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        Some(vec![TRACED.to_string()]),
+        "by_port; {ctx}"
+    );
+    // Every handshake in the traced namespace completed; SYNs seen in other namespaces (three
+    // of ours, and whatever else the host did) are not this run's business and must not be
+    // left waiting for an accepted socket the filter will never let through.
+    assert_eq!(int(&s, "/sockets/pending_syns"), 0, "sockets.pending_syns; {ctx}");
+    assert_eq!(
+        int(&s, "/sockets/pending_syns_evicted"),
+        0,
+        "sockets.pending_syns_evicted; {ctx}"
+    );
+}

@@ -528,7 +528,8 @@ fn unwritable_outputs_fail_before_attaching() {
     let dir = TempDir::new("unwritable");
     std::fs::create_dir(dir.file("h.hlog.hgrm")).unwrap();
     std::os::unix::fs::symlink(dir.file("target"), dir.file("link")).unwrap();
-    let (hgrm_blocked, link, a_dir) = (dir.arg("h.hlog"), dir.arg("link"), dir.arg(""));
+    let (hgrm_blocked, link) = (dir.arg("h.hlog"), dir.arg("link"));
+    let a_dir = dir.path().to_str().unwrap().to_string();
     let cases: [(&[&str], &str); 6] = [
         (
             &["watch", "--json-summary", "/nonexistent-dir/x.json"],
@@ -570,4 +571,160 @@ fn unwritable_outputs_fail_before_attaching() {
         !dir.file("h.hlog").exists(),
         "--hdr-log created its log although its .hgrm cannot be written"
     );
+}
+
+/// TCP states in the kernel's numbering (what a recording stores).
+mod st {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const CLOSE: u8 = 7;
+}
+const KIND_STATE: u8 = 1;
+const KIND_RETRANSMIT: u8 = 2;
+const SYNTH_NETNS: u32 = 4_026_531_999;
+const S: u64 = 1_000_000_000;
+
+/// One 96-byte record in the documented `RawEvent` layout: a socket of 10.0.0.1:`lport` talking
+/// to 10.0.0.2:80 in namespace [`SYNTH_NETNS`].
+fn raw(ts_ns: u64, kind: u8, old: u8, new: u8, lport: u16) -> [u8; 96] {
+    let mut r = [0u8; 96];
+    r[0..8].copy_from_slice(&ts_ns.to_le_bytes());
+    r[8..16].copy_from_slice(&0xffff_8880_0000_1000u64.to_le_bytes()); // skaddr
+    r[24..28].copy_from_slice(&[10, 0, 0, 1]); // saddr
+    r[40..44].copy_from_slice(&[10, 0, 0, 2]); // daddr
+    r[56..65].copy_from_slice(b"synthetic"); // comm
+    r[72..76].copy_from_slice(&4242u32.to_le_bytes()); // tgid
+    r[76..80].copy_from_slice(&4242u32.to_le_bytes()); // tid
+    r[80..84].copy_from_slice(&SYNTH_NETNS.to_le_bytes());
+    r[88..90].copy_from_slice(&lport.to_le_bytes()); // sport
+    r[90..92].copy_from_slice(&80u16.to_le_bytes()); // dport
+    r[92] = 2; // AF_INET
+    r[93] = kind;
+    r[94] = old;
+    r[95] = new;
+    r
+}
+
+/// A recording made by hand from the README's description: header, records, trailer. Tracing
+/// from 1 s to 5 s; one client connection whose SYN was retransmitted once.
+fn synthetic_recording() -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"TCPTRACE");
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&96u32.to_le_bytes());
+    b.extend_from_slice(&S.to_le_bytes()); // start
+    b.extend_from_slice(&(1_700_000_000 * S as i64).to_le_bytes()); // wall-clock offset
+    b.push(0); // sock_ops
+    b.resize(64, 0);
+    for r in [
+        raw(S + S / 10, KIND_STATE, st::CLOSE, st::SYN_SENT, 0),
+        raw(2 * S + S / 10, KIND_RETRANSMIT, 0, st::SYN_SENT, 40000),
+        raw(2 * S + 6 * S / 10, KIND_STATE, st::SYN_SENT, st::ESTABLISHED, 40000),
+        raw(3 * S + S / 10, KIND_STATE, st::ESTABLISHED, st::FIN_WAIT1, 40000),
+        raw(3 * S + 2 * S / 10, KIND_STATE, st::FIN_WAIT1, st::FIN_WAIT2, 40000),
+        raw(3 * S + 3 * S / 10, KIND_STATE, st::FIN_WAIT2, st::CLOSE, 40000),
+    ] {
+        b.extend_from_slice(&r);
+    }
+    let mut t = [0u8; 96];
+    t[0..8].copy_from_slice(&(5 * S).to_le_bytes());
+    t[93] = 255;
+    b.extend_from_slice(&t);
+    b
+}
+
+#[test]
+fn replay_of_a_handmade_recording() {
+    let dir = TempDir::new("synthetic");
+    std::fs::write(dir.file("s.rec"), synthetic_recording()).unwrap();
+    let (rec, sj) = (dir.arg("s.rec"), dir.arg("s.json"));
+    let netns = SYNTH_NETNS.to_string();
+    let r = tracer_ok(&["replay", &rec, "--netns", &netns, "--json-summary", &sj]);
+    let s = read_summary(&dir.file("s.json"));
+    let ctx = format!("summary:\n{s:#}\nreplay stdout:\n{}", r.stdout);
+    assert_eq!(s["duration_s"], json!(4.0), "duration_s (trailer - start); {ctx}");
+    assert_eq!(int(&s, "/events/received"), 6, "{ctx}");
+    assert_eq!(int(&s, "/events/matched"), 6, "{ctx}");
+    let near = |what: &str, ptr: &str, want_us: u64| {
+        let h = hist(&s, ptr);
+        assert_eq!(h.count, 1, "{what}.count; {ctx}");
+        for v in [h.min(), h.max(), h.p50()] {
+            assert!(
+                (v as f64 - want_us as f64).abs() <= want_us as f64 / 1000.0 + 1.0,
+                "{what}: {h:?}, want {want_us} µs; {ctx}"
+            );
+        }
+    };
+    near("handshake.active", "/handshake/active", 1_500_000);
+    near("dwell.SYN_SENT", "/dwell/SYN_SENT", 1_500_000);
+    near("dwell.ESTABLISHED", "/dwell/ESTABLISHED", 500_000);
+    near("dwell.FIN_WAIT1", "/dwell/FIN_WAIT1", 100_000);
+    near("dwell.FIN_WAIT2", "/dwell/FIN_WAIT2", 100_000);
+    near("lifetime", "/lifetime", 2_200_000);
+    near("active_by_remote_port.80", "/handshake/active_by_remote_port/80", 1_500_000);
+    assert_eq!(
+        s["handshake"]["active_by_syn_retransmits"],
+        json!({"1": 1}),
+        "{ctx}"
+    );
+    assert_eq!(int(&s, "/retransmits/syn"), 1, "{ctx}");
+    assert_eq!(hist(&s, "/handshake/passive").count, 0, "{ctx}");
+    assert_eq!(s["handshake"]["passive_method"], json!("sock_ops"), "{ctx}");
+    assert_eq!(int(&s, "/connections/active_opens"), 1, "{ctx}");
+    assert_eq!(int(&s, "/connections/closed"), 1, "{ctx}");
+    assert_eq!(s["by_port"], json!({}), "no accepted sockets; {ctx}");
+
+    // Filters apply to a replay as to a live run.
+    for (args, matched) in [
+        (&["-p", "80"][..], 6),
+        (&["-p", "81"][..], 0),
+        (&["--netns", "1"][..], 0),
+        (&["-6"][..], 0),
+    ] {
+        let mut all = vec!["replay", &rec, "--json-summary", &sj];
+        all.extend_from_slice(args);
+        tracer_ok(&all);
+        let s = read_summary(&dir.file("s.json"));
+        assert_eq!(int(&s, "/events/received"), 6, "{args:?}:\n{s:#}");
+        assert_eq!(int(&s, "/events/matched"), matched, "{args:?}:\n{s:#}");
+        assert_eq!(
+            hist(&s, "/handshake/active").count,
+            matched.min(1),
+            "{args:?}:\n{s:#}"
+        );
+    }
+}
+
+#[test]
+fn view_columns_line_up() {
+    let dir = TempDir::new("columns");
+    std::fs::write(dir.file("s.rec"), synthetic_recording()).unwrap();
+    let r = tracer_ok(&["replay", &dir.arg("s.rec")]);
+    let lines: Vec<String> = r.stdout.lines().map(str::to_string).collect();
+    let fs = frames(&lines);
+    assert_eq!(fs.len(), 1, "one view:\n{}", r.stdout);
+    for l in &lines {
+        assert!(
+            l.chars().count() <= 80,
+            "wider than 80 columns: `{l}`\n{}",
+            r.stdout
+        );
+    }
+    for name in ["HANDSHAKE", "TIME IN STATE"] {
+        let t = frame_table(&fs[0], name);
+        // Where the header's COUNT ends, every row's count ends.
+        let end = t[0].find("COUNT").expect("COUNT column") + "COUNT".len();
+        for row in &t[1..] {
+            let name_end = row.trim_start().find(' ').unwrap() + (row.len() - row.trim_start().len());
+            let count_end = name_end + row[name_end..].trim_start().find(' ').unwrap()
+                + (row[name_end..].len() - row[name_end..].trim_start().len());
+            assert_eq!(
+                count_end, end,
+                "{name}: the COUNT of `{row}` does not line up with the header:\n{}",
+                t.join("\n")
+            );
+        }
+    }
 }

@@ -250,11 +250,9 @@ mod tests {
     }
 
     fn render(format: Format, e: &Event, o: &Outcome) -> String {
-        let mut buf = Vec::new();
-        let mut s = EventsSink::new(&mut buf, format, WallClock::with_offset(0));
+        let mut s = EventsSink::new(Vec::new(), format, WallClock::with_offset(0));
         s.write(e, o).unwrap();
-        drop(s);
-        String::from_utf8(buf).unwrap()
+        String::from_utf8(s.out).unwrap()
     }
 
     #[test]

@@ -68,7 +68,10 @@ pub fn render(
     row(&mut out, "active", &agg.active);
     row(
         &mut out,
-        &format!("passive/{}", agg.config().passive_method.name()),
+        match agg.config().passive_method {
+            crate::aggregate::PassiveMethod::SockOps => "passive",
+            crate::aggregate::PassiveMethod::Srtt => "passive(srtt)",
+        },
         &agg.passive,
     );
     if let Some(note) = passive_note {
