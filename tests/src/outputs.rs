@@ -21,10 +21,8 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!(
-            "tcptrace-tests-{}-{tag}-{n}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("tcptrace-tests-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
         TempDir(p)
@@ -323,7 +321,14 @@ pub fn hdr_tol_us(v: f64) -> f64 {
 }
 
 /// Assert `lo - tol <= got <= hi + tol` where tol is `slack_us` plus HdrHistogram's precision.
-pub fn assert_between_us(what: &str, got_us: u64, lo_us: f64, hi_us: f64, slack_us: f64, ctx: &str) {
+pub fn assert_between_us(
+    what: &str,
+    got_us: u64,
+    lo_us: f64,
+    hi_us: f64,
+    slack_us: f64,
+    ctx: &str,
+) {
     let got = got_us as f64;
     let lo = lo_us - slack_us - hdr_tol_us(lo_us);
     let hi = hi_us + slack_us + hdr_tol_us(hi_us);
@@ -387,7 +392,11 @@ pub fn parse_report(text: &str) -> Report {
     );
     let files = w[0].parse().unwrap();
     let intervals = w[2].parse().unwrap();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(
         header,
         ["METRIC", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"],

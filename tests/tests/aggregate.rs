@@ -110,8 +110,16 @@ fn dropped_first_syns_make_one_second_active_handshakes() {
         active.min(),
         active.p50()
     );
-    assert_eq!(int(&s, "/retransmits/syn"), N as u64, "retransmits.syn; {ctx}");
-    assert_eq!(int(&s, "/retransmits/synack"), 0, "retransmits.synack; {ctx}");
+    assert_eq!(
+        int(&s, "/retransmits/syn"),
+        N as u64,
+        "retransmits.syn; {ctx}"
+    );
+    assert_eq!(
+        int(&s, "/retransmits/synack"),
+        0,
+        "retransmits.synack; {ctx}"
+    );
     assert_eq!(
         int(&s, "/retransmits/total"),
         N as u64,
@@ -134,8 +142,22 @@ fn dropped_first_syns_make_one_second_active_handshakes() {
     let max_ct = times.iter().cloned().fold(0.0, f64::max);
     let mean_ct = times.iter().sum::<f64>() / N as f64;
     let near = 50_000.0;
-    assert_between_us("handshake.active.min", active.min(), min_ct - near, min_ct, 0.0, &ctx);
-    assert_between_us("handshake.active.max", active.max(), max_ct - near, max_ct, 0.0, &ctx);
+    assert_between_us(
+        "handshake.active.min",
+        active.min(),
+        min_ct - near,
+        min_ct,
+        0.0,
+        &ctx,
+    );
+    assert_between_us(
+        "handshake.active.max",
+        active.max(),
+        max_ct - near,
+        max_ct,
+        0.0,
+        &ctx,
+    );
     let mean = active.mean();
     assert!(
         mean >= mean_ct - near - hdr_tol_us(mean_ct) && mean <= mean_ct + hdr_tol_us(mean_ct),
@@ -274,11 +296,7 @@ fn dwell_in_established_and_close_wait() {
                 .iter()
                 .map(|&(port, est, cw)| {
                     s.spawn(move || {
-                        held_connection(
-                            port,
-                            Duration::from_millis(est),
-                            Duration::from_millis(cw),
-                        )
+                        held_connection(port, Duration::from_millis(est), Duration::from_millis(cw))
                     })
                 })
                 .collect();
@@ -353,13 +371,30 @@ fn dwell_in_established_and_close_wait() {
     assert_eq!(cw.max(), per_port_max, "dwell.CLOSE_WAIT.max; {ctx}");
     // Both ends of each connection were ESTABLISHED for about the client's hold.
     let est = hist(&s, "/dwell/ESTABLISHED");
-    assert_eq!(est.count, 6, "dwell.ESTABLISHED.count (3 clients + 3 servers); {ctx}");
+    assert_eq!(
+        est.count, 6,
+        "dwell.ESTABLISHED.count (3 clients + 3 servers); {ctx}"
+    );
     let lo_min = est_bounds.iter().map(|b| b.0).fold(f64::MAX, f64::min);
     let hi_min = est_bounds.iter().map(|b| b.1).fold(f64::MAX, f64::min);
     let lo_max = est_bounds.iter().map(|b| b.0).fold(0.0, f64::max);
     let hi_max = est_bounds.iter().map(|b| b.1).fold(0.0, f64::max);
-    assert_between_us("dwell.ESTABLISHED.min", est.min(), lo_min, hi_min, SLACK_US, &ctx);
-    assert_between_us("dwell.ESTABLISHED.max", est.max(), lo_max, hi_max, SLACK_US, &ctx);
+    assert_between_us(
+        "dwell.ESTABLISHED.min",
+        est.min(),
+        lo_min,
+        hi_min,
+        SLACK_US,
+        &ctx,
+    );
+    assert_between_us(
+        "dwell.ESTABLISHED.max",
+        est.max(),
+        lo_max,
+        hi_max,
+        SLACK_US,
+        &ctx,
+    );
 }
 
 /// What the test's clock saw of a passive handshake.
@@ -394,7 +429,9 @@ fn accepted_connection(a: SocketAddr) -> Accepted {
                 let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
                     .unwrap_or_else(|e| panic!("connect {a}: {e}"));
                 let connect_end = Instant::now();
-                let accepted_at = rx.recv_timeout(STEP_TIMEOUT).expect("server never accepted");
+                let accepted_at = rx
+                    .recv_timeout(STEP_TIMEOUT)
+                    .expect("server never accepted");
                 drop(c);
                 Accepted {
                     connect_start,
@@ -472,13 +509,20 @@ fn passive_handshake_includes_synack_retransmits() {
         "the tracer fell back to srtt:\n{}",
         out.stderr
     );
-    assert_eq!(int(&s, "/retransmits/synack"), 1, "retransmits.synack; {ctx}");
+    assert_eq!(
+        int(&s, "/retransmits/synack"),
+        1,
+        "retransmits.synack; {ctx}"
+    );
     assert_eq!(int(&s, "/retransmits/syn"), 0, "retransmits.syn; {ctx}");
 
     // From the SYN's arrival (inside connect()) to the accepted socket's ESTABLISHED (before
     // accept() returned).
     let slow_h = hist(&s, &format!("/by_port/{SLOW}/handshake_passive"));
-    assert_eq!(slow_h.count, 1, "by_port.{SLOW}.handshake_passive.count; {ctx}");
+    assert_eq!(
+        slow_h.count, 1,
+        "by_port.{SLOW}.handshake_passive.count; {ctx}"
+    );
     assert!(
         slow_h.min() >= RTO_MIN_US,
         "by_port.{SLOW}.handshake_passive includes the ~1 s SYN-ACK retransmit; {ctx}"
@@ -492,7 +536,10 @@ fn passive_handshake_includes_synack_retransmits() {
         &ctx,
     );
     let fast_h = hist(&s, &format!("/by_port/{FAST}/handshake_passive"));
-    assert_eq!(fast_h.count, 1, "by_port.{FAST}.handshake_passive.count; {ctx}");
+    assert_eq!(
+        fast_h.count, 1,
+        "by_port.{FAST}.handshake_passive.count; {ctx}"
+    );
     assert!(
         fast_h.max() < 100_000,
         "a handshake with nothing dropped is quick; {ctx}"
@@ -538,14 +585,20 @@ fn filtered_out_handshakes_leave_nothing_pending() {
     let ctx = format!("summary:\n{s:#}");
     assert_eq!(hist(&s, "/handshake/passive").count, 1, "{ctx}");
     assert_eq!(
-        s["by_port"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        s["by_port"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
         Some(vec![TRACED.to_string()]),
         "by_port; {ctx}"
     );
     // Every handshake in the traced namespace completed; SYNs seen in other namespaces (three
     // of ours, and whatever else the host did) are not this run's business and must not be
     // left waiting for an accepted socket the filter will never let through.
-    assert_eq!(int(&s, "/sockets/pending_syns"), 0, "sockets.pending_syns; {ctx}");
+    assert_eq!(
+        int(&s, "/sockets/pending_syns"),
+        0,
+        "sockets.pending_syns; {ctx}"
+    );
     assert_eq!(
         int(&s, "/sockets/pending_syns_evicted"),
         0,

@@ -221,7 +221,14 @@ fn record_and_replay_reproduce_the_live_run() {
     }
 
     // `replay --events --json` with the filter prints exactly the events the summary counted.
-    let ev = tracer_ok(&["replay", &rec, "--netns", ns.path_str(), "--events", "--json"]);
+    let ev = tracer_ok(&[
+        "replay",
+        &rec,
+        "--netns",
+        ns.path_str(),
+        "--events",
+        "--json",
+    ]);
     let lines: Vec<Value> = ev
         .stdout
         .lines()
@@ -319,7 +326,10 @@ fn hdr_log_and_report() {
         "StartTime {} is not when the run started (between {before_start:.3} and {first_done:.3}); {ctx}",
         log.start_time
     );
-    assert_eq!(log.base_time, log.start_time, "BaseTime vs. StartTime; {ctx}");
+    assert_eq!(
+        log.base_time, log.start_time,
+        "BaseTime vs. StartTime; {ctx}"
+    );
     for iv in &log.intervals {
         let k = iv.start_s / 0.2;
         assert!(
@@ -330,7 +340,10 @@ fn hdr_log_and_report() {
     let log_tags: std::collections::BTreeSet<&str> =
         log.intervals.iter().map(|i| i.tag.as_str()).collect();
     let sum_tags: std::collections::BTreeSet<&str> = tags.keys().map(String::as_str).collect();
-    assert_eq!(log_tags, sum_tags, "tags in the log vs. non-empty histograms; {ctx}");
+    assert_eq!(
+        log_tags, sum_tags,
+        "tags in the log vs. non-empty histograms; {ctx}"
+    );
     // Interval_Max (µs): the largest over a tag's intervals is the run's max.
     for tag in tags.keys() {
         let max = log
@@ -341,7 +354,10 @@ fn hdr_log_and_report() {
             .fold(0.0, f64::max);
         let ptr = summary_ptr(tag);
         let want = hist(&sum, &ptr).max() as f64;
-        assert_eq!(max, want, "{tag}: largest Interval_Max vs. {ptr}.max_us; {ctx}");
+        assert_eq!(
+            max, want,
+            "{tag}: largest Interval_Max vs. {ptr}.max_us; {ctx}"
+        );
     }
     // The second connection is more than 0.6 s into the log, the first well before.
     let (first_off, second_off) = (first_done - log.start_time, second_start - log.start_time);
@@ -362,9 +378,18 @@ fn hdr_log_and_report() {
         let total = sec
             .lines()
             .find_map(|l| l.split("Total count").nth(1))
-            .and_then(|t| t.trim_start_matches([' ', '=']).trim_end_matches(']').trim().parse::<u64>().ok())
+            .and_then(|t| {
+                t.trim_start_matches([' ', '='])
+                    .trim_end_matches(']')
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("no `Total count` in section {tag}:\n{sec}"));
-        assert_eq!(total, *count, "{tag}: .hgrm total count; {ctx}\n.hgrm:\n{hgrm}");
+        assert_eq!(
+            total, *count,
+            "{tag}: .hgrm total count; {ctx}\n.hgrm:\n{hgrm}"
+        );
     }
 
     // report: every metric with the summary's count and figures.
@@ -412,11 +437,20 @@ fn hdr_log_and_report() {
     // --from/--to: offsets from the log's start, or times.
     let none = report(&[&h, "--from", "1h"]);
     assert_eq!(none.intervals, 0, "--from 1h");
-    assert!(none.rows.is_empty() && none.empty_note, "--from 1h: {none:?}");
+    assert!(
+        none.rows.is_empty() && none.empty_note,
+        "--from 1h: {none:?}"
+    );
     let late = report(&[&h, "--from", "600ms"]);
     let early = report(&[&h, "--to", "600ms"]);
-    assert_eq!(late.rows["handshake.active"].count, 1, "--from 600ms: {late:?}");
-    assert_eq!(early.rows["handshake.active"].count, 1, "--to 600ms: {early:?}");
+    assert_eq!(
+        late.rows["handshake.active"].count, 1,
+        "--from 600ms: {late:?}"
+    );
+    assert_eq!(
+        early.rows["handshake.active"].count, 1,
+        "--to 600ms: {early:?}"
+    );
     assert_eq!(
         late.intervals + early.intervals,
         one.intervals,
@@ -479,7 +513,10 @@ fn watch_prints_plain_frames_when_not_a_tty() {
     );
     let lines = watch_stdout(&out);
     let text = lines.join("\n");
-    assert!(!text.contains('\x1b'), "terminal escapes on a non-terminal:\n{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "terminal escapes on a non-terminal:\n{text}"
+    );
     let fs = frames(lines);
     assert!(
         fs[0][0].starts_with("tcptrace watch"),
@@ -561,7 +598,10 @@ fn unwritable_outputs_fail_before_attaching() {
             errors.len() == 1 && errors[0].starts_with("tcptrace: error: "),
             "want exactly one line on stderr, an error; {ctx}"
         );
-        assert!(errors[0].contains(want), "the error should name `{want}`; {ctx}");
+        assert!(
+            errors[0].contains(want),
+            "the error should name `{want}`; {ctx}"
+        );
     }
     assert!(
         !dir.file("target").exists(),
@@ -621,10 +661,34 @@ fn synthetic_recording() -> Vec<u8> {
     for r in [
         raw(S + S / 10, KIND_STATE, st::CLOSE, st::SYN_SENT, 0),
         raw(2 * S + S / 10, KIND_RETRANSMIT, 0, st::SYN_SENT, 40000),
-        raw(2 * S + 6 * S / 10, KIND_STATE, st::SYN_SENT, st::ESTABLISHED, 40000),
-        raw(3 * S + S / 10, KIND_STATE, st::ESTABLISHED, st::FIN_WAIT1, 40000),
-        raw(3 * S + 2 * S / 10, KIND_STATE, st::FIN_WAIT1, st::FIN_WAIT2, 40000),
-        raw(3 * S + 3 * S / 10, KIND_STATE, st::FIN_WAIT2, st::CLOSE, 40000),
+        raw(
+            2 * S + 6 * S / 10,
+            KIND_STATE,
+            st::SYN_SENT,
+            st::ESTABLISHED,
+            40000,
+        ),
+        raw(
+            3 * S + S / 10,
+            KIND_STATE,
+            st::ESTABLISHED,
+            st::FIN_WAIT1,
+            40000,
+        ),
+        raw(
+            3 * S + 2 * S / 10,
+            KIND_STATE,
+            st::FIN_WAIT1,
+            st::FIN_WAIT2,
+            40000,
+        ),
+        raw(
+            3 * S + 3 * S / 10,
+            KIND_STATE,
+            st::FIN_WAIT2,
+            st::CLOSE,
+            40000,
+        ),
     ] {
         b.extend_from_slice(&r);
     }
@@ -644,7 +708,11 @@ fn replay_of_a_handmade_recording() {
     let r = tracer_ok(&["replay", &rec, "--netns", &netns, "--json-summary", &sj]);
     let s = read_summary(&dir.file("s.json"));
     let ctx = format!("summary:\n{s:#}\nreplay stdout:\n{}", r.stdout);
-    assert_eq!(s["duration_s"], json!(4.0), "duration_s (trailer - start); {ctx}");
+    assert_eq!(
+        s["duration_s"],
+        json!(4.0),
+        "duration_s (trailer - start); {ctx}"
+    );
     assert_eq!(int(&s, "/events/received"), 6, "{ctx}");
     assert_eq!(int(&s, "/events/matched"), 6, "{ctx}");
     let near = |what: &str, ptr: &str, want_us: u64| {
@@ -663,7 +731,11 @@ fn replay_of_a_handmade_recording() {
     near("dwell.FIN_WAIT1", "/dwell/FIN_WAIT1", 100_000);
     near("dwell.FIN_WAIT2", "/dwell/FIN_WAIT2", 100_000);
     near("lifetime", "/lifetime", 2_200_000);
-    near("active_by_remote_port.80", "/handshake/active_by_remote_port/80", 1_500_000);
+    near(
+        "active_by_remote_port.80",
+        "/handshake/active_by_remote_port/80",
+        1_500_000,
+    );
     assert_eq!(
         s["handshake"]["active_by_syn_retransmits"],
         json!({"1": 1}),
@@ -697,6 +769,27 @@ fn replay_of_a_handmade_recording() {
     }
 }
 
+/// The byte offset just past the `n`th (from 0) whitespace-separated token of `line`.
+fn token_end(line: &str, n: usize) -> usize {
+    let mut in_token = false;
+    let mut seen = 0;
+    for (i, c) in line.char_indices() {
+        if c.is_whitespace() {
+            if in_token {
+                if seen == n {
+                    return i;
+                }
+                seen += 1;
+            }
+            in_token = false;
+        } else {
+            in_token = true;
+        }
+    }
+    assert!(in_token && seen == n, "no token {n} in `{line}`");
+    line.len()
+}
+
 #[test]
 fn view_columns_line_up() {
     let dir = TempDir::new("columns");
@@ -715,13 +808,12 @@ fn view_columns_line_up() {
     for name in ["HANDSHAKE", "TIME IN STATE"] {
         let t = frame_table(&fs[0], name);
         // Where the header's COUNT ends, every row's count ends.
-        let end = t[0].find("COUNT").expect("COUNT column") + "COUNT".len();
+        let end = t[0].find(" COUNT").expect("a COUNT column") + " COUNT".len();
         for row in &t[1..] {
-            let name_end = row.trim_start().find(' ').unwrap() + (row.len() - row.trim_start().len());
-            let count_end = name_end + row[name_end..].trim_start().find(' ').unwrap()
-                + (row[name_end..].len() - row[name_end..].trim_start().len());
+            let count_end = token_end(row, 1);
             assert_eq!(
-                count_end, end,
+                count_end,
+                end,
                 "{name}: the COUNT of `{row}` does not line up with the header:\n{}",
                 t.join("\n")
             );
