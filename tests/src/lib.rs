@@ -10,6 +10,8 @@
 //! * [`cmd`]: running commands with a time limit.
 //! * [`scenario`]: in-process connections with the client's own timing as ground truth.
 //! * [`outputs`]: the aggregator's outputs (JSON summary, watch frames, histogram logs, report).
+//! * [`diag`]: for the diagnosis tests: listeners with a chosen backlog, non-blocking connects,
+//!   `ss` and `sysctl` inside a namespace, lookups in the summary's diagnosis sections.
 //!
 //! Run as root (they load BPF; a tracer that cannot attach makes the test fail, never skip):
 //! `cargo build --release -p tcptrace && TCPTRACE_BIN=$PWD/target/release/tcptrace
@@ -18,6 +20,7 @@
 
 pub mod cmd;
 pub mod counters;
+pub mod diag;
 pub mod events;
 pub mod netns;
 pub mod outputs;

@@ -33,6 +33,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+
+mod bench;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// What `cargo xtask run` passes to tcptrace when given no arguments.
@@ -78,8 +80,25 @@ enum Cmd {
         )]
         args: Vec<String>,
     },
-    /// Set up, then run the benchmarks (aggregator throughput on a replayed stream)
-    Bench,
+    /// Set up, build, then the benchmarks: aggregator throughput on a replayed stream, and the
+    /// tracer's overhead on a connection churn against no tracer (and bpftrace where installed)
+    Bench {
+        /// Interleaved rounds of every configuration
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds of load per configuration and round
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Load threads (each connects, accepts and closes in lockstep)
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Also measure at this fixed connection rate (0: skip)
+        #[arg(long, default_value_t = 10_000)]
+        fixed_rate: u64,
+        /// Only the aggregator benchmark
+        #[arg(long)]
+        aggregator_only: bool,
+    },
     /// Set up, then unit tests, lints, release build and the privileged integration tests
     Test {
         /// Extra arguments for the integration test binaries (e.g. a test name filter)
@@ -127,12 +146,32 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             return ctx.run_tracer(&run_args(&args));
         }
         Cmd::Test { args } => ctx.test(&args)?,
-        Cmd::Bench => {
+        Cmd::Bench {
+            rounds,
+            seconds,
+            threads,
+            fixed_rate,
+            aggregator_only,
+        } => {
             ctx.setup()?;
             step(
                 "aggregator benchmark",
                 &mut ctx.cargo("bench -p tcptrace --bench aggregate"),
             )?;
+            if !aggregator_only {
+                if !is_root() {
+                    bail!("the overhead benchmark loads the tracer and makes a network namespace: run it as root");
+                }
+                ctx.build(true)?;
+                let table = bench::overhead(&bench::BenchOptions {
+                    rounds,
+                    seconds,
+                    threads,
+                    fixed_rate,
+                    tracer: ctx.tracer_bin(true),
+                })?;
+                println!("{table}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

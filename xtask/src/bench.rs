@@ -1,0 +1,450 @@
+//! `cargo xtask bench`: what tcptrace costs, measured side by side with the alternatives.
+//!
+//! A loopback connection churn of the project's own (connect, optional small write, close; the
+//! client closes first, so each connection makes the ten ordinary transitions) runs in a private
+//! network namespace tuned so TIME_WAIT reuse does not cap the rate (tcp_tw_reuse=1, a wide
+//! ip_local_port_range, tcp_tw_reuse_delay=1 ms). Each worker thread does connect, accept, close,
+//! close in lockstep, which bounds the connections in flight (an overflowing accept queue would
+//! stall connects for 1 s). Rounds interleave the configurations — no tracer, `tcptrace watch`,
+//! `tcptrace events --json > /dev/null`, and bpftrace keeping per-state dwell histograms in the
+//! kernel (where installed) — and each configuration is compared with the same round's no-tracer
+//! run, because this machine is shared and noisy: figures are medians of paired ratios.
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// bpftrace's best case: per-state dwell histograms kept in the kernel, keyed by socket address.
+const BPFTRACE_DWELL: &str = r#"
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
+  $sk = args->skaddr;
+  if (@start[$sk]) { @dwell[args->oldstate] = hist(nsecs - @start[$sk]); }
+  if (args->newstate == 7) { delete(@start[$sk]); } else { @start[$sk] = nsecs; }
+}
+END { clear(@start); }
+"#;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub threads: usize,
+    /// Connections per second for the fixed-rate run (0: skip it).
+    pub fixed_rate: u64,
+    pub tracer: PathBuf,
+}
+
+/// A network namespace for the load, removed on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Result<Netns> {
+        let name = format!("tcptrace-bench-{}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        run(Command::new("ip").args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]))?;
+        for (k, v) in [
+            ("net.ipv4.tcp_tw_reuse", "1"),
+            ("net.ipv4.ip_local_port_range", "1024 65535"),
+            ("net.ipv4.tcp_tw_reuse_delay", "1"),
+        ] {
+            // tcp_tw_reuse_delay exists from Linux 6.14 on; without it reuse waits 1 s.
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "sysctl", "-q", "-w", &format!("{k}={v}")])
+                .status();
+        }
+        Ok(ns)
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Runs the churn for `secs` with `threads` workers; returns connections made. With `rate`,
+/// paces the workers to that many connections per second in total.
+fn churn(ns: &Path, threads: usize, secs: u64, rate: Option<u64>) -> Result<u64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..threads {
+        let (stop, total, ns) = (stop.clone(), total.clone(), ns.to_path_buf());
+        let per_thread = rate.map(|r| r as f64 / threads as f64);
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            let f = File::open(&ns)?;
+            // SAFETY: setns on this thread only.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            let addr = l.local_addr()?;
+            let started = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let c = TcpStream::connect(addr)?;
+                let (s, _) = l.accept()?;
+                drop(c); // the client closes first
+                drop(s);
+                n += 1;
+                if let Some(r) = per_thread {
+                    let due = Duration::from_secs_f64(n as f64 / r);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            total.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().map_err(|_| anyhow!("load thread panicked"))??;
+    }
+    Ok(total.load(Ordering::Relaxed))
+}
+
+/// CPU time (user + system) of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf is always safe to call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// Busy and total jiffies of the whole machine (/proc/stat).
+fn machine_jiffies() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().sum();
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    None,
+    Watch,
+    EventsJson,
+    Bpftrace,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::None => "no tracer",
+            Config::Watch => "tcptrace watch",
+            Config::EventsJson => "tcptrace events --json > /dev/null",
+            Config::Bpftrace => "bpftrace, in-kernel dwell histograms by socket",
+        }
+    }
+}
+
+struct Tracer {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn start_tracer(cfg: Config, tracer: &Path) -> Result<Option<Tracer>> {
+    let mut cmd = match cfg {
+        Config::None => return Ok(None),
+        Config::Watch => {
+            let mut c = Command::new(tracer);
+            c.args(["watch", "--interval", "1s"]);
+            c
+        }
+        Config::EventsJson => {
+            let mut c = Command::new(tracer);
+            c.args(["events", "--json"]);
+            c
+        }
+        Config::Bpftrace => {
+            let mut c = Command::new("bpftrace");
+            c.args(["-e", BPFTRACE_DWELL]);
+            c
+        }
+    };
+    // bpftrace says "Attaching N probes..." on stdout; tcptrace says "attached" on stderr.
+    let bpftrace = cfg == Config::Bpftrace;
+    let mut child = cmd
+        .stdout(if bpftrace { Stdio::piped() } else { Stdio::null() })
+        .stderr(if bpftrace { Stdio::null() } else { Stdio::piped() })
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", cfg.name()))?;
+    let stderr: Box<dyn Read + Send> = if bpftrace {
+        Box::new(child.stdout.take().context("bpftrace stdout")?)
+    } else {
+        Box::new(child.stderr.take().context("tracer stderr")?)
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut r = BufReader::new(stderr);
+        let mut line = String::new();
+        let mut told = false;
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if !told && (line.contains("attached") || line.contains("Attaching")) {
+                let _ = ready_tx.send(());
+                told = true;
+            }
+            all.push_str(&line);
+            line.clear();
+        }
+        let _ = r.read_to_string(&mut all);
+        all
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = reader.join().unwrap_or_default();
+        bail!("{} did not start: {}", cfg.name(), err.trim());
+    }
+    // bpftrace prints "Attaching" before it is attached; give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Some(Tracer {
+        child,
+        stderr: reader,
+    }))
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    rate: f64,
+    tracer_cpu: f64,
+    events: u64,
+    lost: Option<u64>,
+}
+
+/// `tcptrace: N events received, ..., L lost (ring buffer full), ...`
+fn parse_summary(stderr: &str) -> (u64, Option<u64>) {
+    let Some(line) = stderr.lines().rev().find(|l| l.contains("events received")) else {
+        return (0, None);
+    };
+    let num_before = |word: &str| -> Option<u64> {
+        let i = line.find(word)?;
+        line[..i].split_whitespace().last()?.trim_end_matches(',').parse().ok()
+    };
+    (num_before("events received").unwrap_or(0), num_before("lost"))
+}
+
+fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Result<Sample> {
+    let tracer = start_tracer(cfg, &o.tracer)?;
+    let pid = tracer.as_ref().map(|t| t.child.id());
+    let cpu0 = pid.and_then(cpu_seconds).unwrap_or(0.0);
+    let t0 = Instant::now();
+    let n = churn(ns, o.threads, o.seconds, rate)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu1 = pid.and_then(cpu_seconds).unwrap_or(0.0);
+    let mut s = Sample {
+        rate: n as f64 / secs,
+        tracer_cpu: (cpu1 - cpu0) / secs * 100.0,
+        ..Sample::default()
+    };
+    if let Some(mut t) = tracer {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
+        let _ = t.child.wait();
+        let err = t.stderr.join().unwrap_or_default();
+        if cfg != Config::Bpftrace {
+            let (events, lost) = parse_summary(&err);
+            s.events = events;
+            s.lost = lost;
+        }
+    }
+    Ok(s)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn overhead(o: &BenchOptions) -> Result<String> {
+    let ns = Netns::new()?;
+    let mut configs = vec![Config::None, Config::Watch, Config::EventsJson];
+    let have_bpftrace = Command::new("bpftrace")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if have_bpftrace {
+        configs.push(Config::Bpftrace);
+    }
+    // Warm-up: the first churn after creating a namespace is slower.
+    churn(&ns.path(), o.threads, 2, None)?;
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
+    for round in 0..o.rounds {
+        for (i, cfg) in configs.iter().enumerate() {
+            let s = measure(*cfg, &ns.path(), o, None)?;
+            eprintln!(
+                "xtask: bench round {} {:<45} {:>9.0} conn/s  tracer cpu {:>5.1}%  events {}  lost {}",
+                round + 1,
+                cfg.name(),
+                s.rate,
+                s.tracer_cpu,
+                s.events,
+                s.lost.map_or("-".into(), |l| l.to_string())
+            );
+            samples[i].push(s);
+        }
+    }
+    let mut out = format!(
+        "Overhead on a loopback connection churn ({} threads in lockstep, {} rounds x {} s, interleaved; overhead = 1 - rate / same round's no-tracer rate):\n\n| configuration | connections/s median (min-max) | overhead median (min-max) | tracer CPU % | events/s | lost events |\n|---|---|---|---|---|---|\n",
+        o.threads, o.rounds, o.seconds
+    );
+    let base: Vec<f64> = samples[0].iter().map(|s| s.rate).collect();
+    for (i, cfg) in configs.iter().enumerate() {
+        let rates: Vec<f64> = samples[i].iter().map(|s| s.rate).collect();
+        let mut r = rates.clone();
+        let (lo, hi) = (
+            rates.iter().cloned().fold(f64::MAX, f64::min),
+            rates.iter().cloned().fold(0.0, f64::max),
+        );
+        let mut ov: Vec<f64> = rates
+            .iter()
+            .zip(&base)
+            .map(|(r, b)| (1.0 - r / b) * 100.0)
+            .collect();
+        let (olo, ohi) = (
+            ov.iter().cloned().fold(f64::MAX, f64::min),
+            ov.iter().cloned().fold(f64::MIN, f64::max),
+        );
+        let mut cpu: Vec<f64> = samples[i].iter().map(|s| s.tracer_cpu).collect();
+        let mut evs: Vec<f64> = samples[i]
+            .iter()
+            .map(|s| s.events as f64 / o.seconds as f64)
+            .collect();
+        let lost: Option<u64> = samples[i].iter().map(|s| s.lost).sum();
+        let events_seen: u64 = samples[i].iter().map(|s| s.events).sum();
+        out.push_str(&format!(
+            "| {} | {:.0} ({:.0}-{:.0}) | {} | {} | {} | {} |\n",
+            cfg.name(),
+            median(&mut r),
+            lo,
+            hi,
+            if *cfg == Config::None {
+                "-".to_string()
+            } else {
+                format!("{:.1} % ({:.1}-{:.1})", median(&mut ov), olo, ohi)
+            },
+            if *cfg == Config::None {
+                "-".to_string()
+            } else {
+                format!("{:.1}", median(&mut cpu))
+            },
+            if events_seen > 0 {
+                format!("{:.0}", median(&mut evs))
+            } else {
+                "-".into()
+            },
+            lost.map_or("(not reported)".to_string(), |l| {
+                if events_seen > 0 {
+                    format!("{l} ({:.3} %)", l as f64 / (events_seen + l) as f64 * 100.0)
+                } else {
+                    l.to_string()
+                }
+            }),
+        ));
+    }
+    if o.fixed_rate > 0 {
+        out.push_str(&format!(
+            "\nAt a fixed {} connections/s: machine CPU busy (2 cores = 200 %), tracer CPU, paired with the same round's no-tracer run:\n\n| configuration | machine CPU % median | extra vs none | tracer CPU % | lost events |\n|---|---|---|---|---|\n",
+            o.fixed_rate
+        ));
+        let fixed_cfgs = [Config::None, Config::Watch, Config::EventsJson];
+        let mut busy: Vec<Vec<(f64, Sample)>> = vec![Vec::new(); fixed_cfgs.len()];
+        for _ in 0..o.rounds.min(3) {
+            for (i, cfg) in fixed_cfgs.iter().enumerate() {
+                let (b0, t0) = machine_jiffies();
+                let s = measure(*cfg, &ns.path(), o, Some(o.fixed_rate))?;
+                let (b1, t1) = machine_jiffies();
+                let pct = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 200.0;
+                busy[i].push((pct, s));
+            }
+        }
+        let base: Vec<f64> = busy[0].iter().map(|(p, _)| *p).collect();
+        for (i, cfg) in fixed_cfgs.iter().enumerate() {
+            let mut p: Vec<f64> = busy[i].iter().map(|(p, _)| *p).collect();
+            let mut extra: Vec<f64> = busy[i].iter().zip(&base).map(|((p, _), b)| p - b).collect();
+            let mut cpu: Vec<f64> = busy[i].iter().map(|(_, s)| s.tracer_cpu).collect();
+            let lost: Option<u64> = busy[i].iter().map(|(_, s)| s.lost).sum();
+            out.push_str(&format!(
+                "| {} | {:.1} | {} | {} | {} |\n",
+                cfg.name(),
+                median(&mut p),
+                if *cfg == Config::None { "-".into() } else { format!("{:+.1} points", median(&mut extra)) },
+                if *cfg == Config::None { "-".into() } else { format!("{:.1}", median(&mut cpu)) },
+                lost.map_or("-".to_string(), |l| l.to_string()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_tracer_summary() {
+        let err = "tcptrace: attached 6 programs\ntcptrace: 1234 events received, 5 lost (ring buffer full), 0 undecodable, 0 sockets evicted, 10.0s\n";
+        assert_eq!(parse_summary(err), (1234, Some(5)));
+        let err = "tcptrace: 99 events received, 99 shown, 0 lost (ring buffer full), 0 undecodable";
+        assert_eq!(parse_summary(err), (99, Some(0)));
+        assert_eq!(parse_summary("nothing"), (0, None));
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
