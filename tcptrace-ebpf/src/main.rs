@@ -26,7 +26,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcptrace_common::{
-    AF_INET, AF_INET6, Config, IPPROTO_TCP, NONE, Offsets, RawEvent, TupleOffsets, counter, kind,
+    AF_INET, AF_INET6, Config, IPPROTO_TCP, NONE, Offsets, RECORD_MAX, RawEvent, TupleOffsets,
+    counter, kind,
 };
 
 /// Overridden by the loader with this kernel's offsets.
@@ -86,13 +87,76 @@ fn read<T: Default>(src: *const u8) -> T {
     v
 }
 
-/// Reads a tracepoint field at a loader-provided offset.
-#[inline(always)]
-fn field<T: Default>(ctx: &TracePointContext, offset: u16) -> T {
-    if offset == NONE {
-        return T::default();
+/// A copy of a tracepoint's record: one `bpf_probe_read_kernel` per event, then fields are read
+/// from the copy at the loader-provided offsets (constants to the verifier: `.rodata` is frozen).
+struct Record {
+    /// Only the first `len` bytes are written (by the helper, which zeroes them on failure);
+    /// reads never go past `len`. Not zero-initialised: that would cost a memset per event.
+    buf: core::mem::MaybeUninit<[u8; RECORD_MAX as usize]>,
+    len: usize,
+}
+
+/// Plain integers readable from a record, byte by byte (no unaligned loads).
+trait FromRecord: Default {
+    const SIZE: usize;
+    fn from_bytes(b: &[u8]) -> Self;
+}
+
+macro_rules! from_record {
+    ($($t:ty),*) => {$(
+        impl FromRecord for $t {
+            const SIZE: usize = core::mem::size_of::<$t>();
+            #[inline(always)]
+            fn from_bytes(b: &[u8]) -> Self {
+                let mut v = [0u8; core::mem::size_of::<$t>()];
+                v.copy_from_slice(&b[..core::mem::size_of::<$t>()]);
+                <$t>::from_ne_bytes(v)
+            }
+        }
+    )*};
+}
+from_record!(u16, i32, u32, u64);
+
+impl Record {
+    #[inline(always)]
+    fn copy(ctx: &TracePointContext, len: u16) -> Record {
+        let len = if len > RECORD_MAX { RECORD_MAX } else { len };
+        let mut r = Record {
+            buf: core::mem::MaybeUninit::uninit(),
+            len: len as usize,
+        };
+        read_into(r.buf.as_mut_ptr().cast::<u8>(), len as u32, ctx.as_ptr() as *const u8);
+        r
     }
-    read(unsafe { (ctx.as_ptr() as *const u8).add(offset as usize) })
+
+    #[inline(always)]
+    fn slice(&self, off: usize, n: usize) -> Option<&[u8]> {
+        if off + n > self.len {
+            return None;
+        }
+        // SAFETY: bytes below `len` were written by the helper.
+        Some(unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>().add(off), n) })
+    }
+
+    /// The field at `offset`, or 0 when the kernel lacks it ([`NONE`]).
+    #[inline(always)]
+    fn get<T: FromRecord>(&self, offset: u16) -> T {
+        if offset == NONE {
+            return T::default();
+        }
+        self.slice(offset as usize, T::SIZE)
+            .map_or_else(T::default, T::from_bytes)
+    }
+
+    /// Copies `N` bytes at `offset` into `dst`.
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: u16, dst: &mut [u8]) {
+        if let Some(src) = self.slice(offset as usize, N)
+            && dst.len() >= N
+        {
+            dst[..N].copy_from_slice(src);
+        }
+    }
 }
 
 trait CtxPtr {
@@ -163,65 +227,45 @@ fn emit<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, sk: u64, fill: impl FnOnce(
 
 /// Fills family, ports and addresses from the separate v4/v6 fields most tcp tracepoints share.
 #[inline(always)]
-fn fill_tuple(ctx: &TracePointContext, o: &TupleOffsets, family: u16, ev: &mut RawEvent) {
+fn fill_tuple(rec: &Record, o: &TupleOffsets, family: u16, ev: &mut RawEvent) {
     ev.family = family as u8;
-    ev.sport = field(ctx, o.sport);
-    ev.dport = field(ctx, o.dport);
-    copy_addrs(ctx, family, o.saddr, o.daddr, o.saddr_v6, o.daddr_v6, ev);
+    ev.sport = rec.get(o.sport);
+    ev.dport = rec.get(o.dport);
+    copy_addrs(rec, family, [o.saddr, o.daddr, o.saddr_v6, o.daddr_v6], ev);
 }
 
+/// `offs`: saddr, daddr, saddr_v6, daddr_v6.
 #[inline(always)]
-fn copy_addrs(
-    ctx: &TracePointContext,
-    family: u16,
-    saddr: u16,
-    daddr: u16,
-    saddr_v6: u16,
-    daddr_v6: u16,
-    ev: &mut RawEvent,
-) {
-    let base = ctx.as_ptr() as *const u8;
-    let (s, d, len) = if family == AF_INET6 {
-        (saddr_v6, daddr_v6, 16)
+fn copy_addrs(rec: &Record, family: u16, offs: [u16; 4], ev: &mut RawEvent) {
+    if family == AF_INET6 {
+        rec.bytes::<16>(offs[2], &mut ev.saddr);
+        rec.bytes::<16>(offs[3], &mut ev.daddr);
     } else {
-        (saddr, daddr, 4)
-    };
-    unsafe {
-        read_into(ev.saddr.as_mut_ptr(), len, base.add(s as usize));
-        read_into(ev.daddr.as_mut_ptr(), len, base.add(d as usize));
+        rec.bytes::<4>(offs[0], &mut ev.saddr);
+        rec.bytes::<4>(offs[1], &mut ev.daddr);
     }
 }
 
 #[tracepoint]
 pub fn sock_set_state(ctx: TracePointContext) -> u32 {
-    let o = &OFFSETS.set_state;
+    let o = global!(OFFSETS.set_state);
+    let rec = Record::copy(&ctx, o.len);
     // Also fires for SCTP and MPTCP sockets: keep TCP only, before reserving anything.
-    let protocol: u16 = field(&ctx, global!(o.protocol));
-    if protocol != IPPROTO_TCP {
+    if rec.get::<u16>(o.protocol) != IPPROTO_TCP {
         return 0;
     }
-    let family: u16 = field(&ctx, global!(o.family));
+    let family: u16 = rec.get(o.family);
     if family != AF_INET && family != AF_INET6 {
         return 0;
     }
-    let sk: u64 = field(&ctx, global!(o.skaddr));
+    let sk: u64 = rec.get(o.skaddr);
     emit(&ctx, kind::STATE, sk, |ev| {
-        let old: i32 = field(&ctx, global!(o.oldstate));
-        let new: i32 = field(&ctx, global!(o.newstate));
-        ev.oldstate = old as u8;
-        ev.newstate = new as u8;
+        ev.oldstate = rec.get::<i32>(o.oldstate) as u8;
+        ev.newstate = rec.get::<i32>(o.newstate) as u8;
         ev.family = family as u8;
-        ev.sport = field(&ctx, global!(o.sport));
-        ev.dport = field(&ctx, global!(o.dport));
-        copy_addrs(
-            &ctx,
-            family,
-            global!(o.saddr),
-            global!(o.daddr),
-            global!(o.saddr_v6),
-            global!(o.daddr_v6),
-            ev,
-        );
+        ev.sport = rec.get(o.sport);
+        ev.dport = rec.get(o.dport);
+        copy_addrs(&rec, family, [o.saddr, o.daddr, o.saddr_v6, o.daddr_v6], ev);
         ev.netns = sock_netns(sk);
     });
     0
@@ -230,14 +274,13 @@ pub fn sock_set_state(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
     let o: TupleOffsets = global!(OFFSETS.retransmit_skb);
-    let family: u16 = field(&ctx, o.family);
-    let sk: u64 = field(&ctx, o.skaddr);
+    let rec = Record::copy(&ctx, o.len);
+    let family: u16 = rec.get(o.family);
+    let sk: u64 = rec.get(o.skaddr);
     emit(&ctx, kind::RETRANSMIT, sk, |ev| {
-        let state: i32 = field(&ctx, o.extra);
-        ev.newstate = state as u8;
-        let err: i32 = field(&ctx, o.aux);
-        ev.aux32 = err as u32;
-        fill_tuple(&ctx, &o, family, ev);
+        ev.newstate = rec.get::<i32>(o.extra) as u8;
+        ev.aux32 = rec.get::<i32>(o.aux) as u32;
+        fill_tuple(&rec, &o, family, ev);
         ev.netns = sock_netns(sk);
     });
     0
@@ -246,12 +289,13 @@ pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_retrans_synack(ctx: TracePointContext) -> u32 {
     let o: TupleOffsets = global!(OFFSETS.retransmit_synack);
-    let family: u16 = field(&ctx, o.family);
-    let listener: u64 = field(&ctx, o.skaddr);
+    let rec = Record::copy(&ctx, o.len);
+    let family: u16 = rec.get(o.family);
+    let listener: u64 = rec.get(o.skaddr);
     emit(&ctx, kind::RETRANSMIT_SYNACK, listener, |ev| {
-        ev.aux = field(&ctx, o.extra);
+        ev.aux = rec.get(o.extra);
         ev.newstate = TCP_NEW_SYN_RECV;
-        fill_tuple(&ctx, &o, family, ev);
+        fill_tuple(&rec, &o, family, ev);
         ev.netns = sock_netns(listener);
     });
     0
@@ -260,15 +304,16 @@ pub fn tcp_retrans_synack(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_recv_rst(ctx: TracePointContext) -> u32 {
     let o: TupleOffsets = global!(OFFSETS.receive_reset);
-    let family: u16 = field(&ctx, o.family);
-    let sk: u64 = field(&ctx, o.skaddr);
+    let rec = Record::copy(&ctx, o.len);
+    let family: u16 = rec.get(o.family);
+    let sk: u64 = rec.get(o.skaddr);
     emit(&ctx, kind::RESET_RECEIVED, sk, |ev| {
         // No state field in this tracepoint: read it from the socket.
         if sk != 0 {
             ev.newstate = read((sk + global!(OFFSETS.kernel.sock_state) as u64) as *const u8);
         }
-        ev.aux = field(&ctx, o.aux);
-        fill_tuple(&ctx, &o, family, ev);
+        ev.aux = rec.get(o.aux);
+        fill_tuple(&rec, &o, family, ev);
         ev.netns = sock_netns(sk);
     });
     0
@@ -276,33 +321,29 @@ pub fn tcp_recv_rst(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_send_rst(ctx: TracePointContext) -> u32 {
-    let o = &OFFSETS.send_reset;
-    let sk: u64 = field(&ctx, global!(o.skaddr));
+    let o = global!(OFFSETS.send_reset);
+    let rec = Record::copy(&ctx, o.len);
+    let sk: u64 = rec.get(o.skaddr);
     emit(&ctx, kind::RESET_SENT, sk, |ev| {
-        let state: i32 = field(&ctx, global!(o.state));
-        ev.newstate = state as u8;
-        let reason: u32 = field(&ctx, global!(o.reason));
-        ev.aux32 = reason;
+        ev.newstate = rec.get::<i32>(o.state) as u8;
+        ev.aux32 = rec.get(o.reason);
         // Addresses are sockaddr_in / sockaddr_in6 images: family, port (big endian), address.
-        let s = global!(o.saddr);
-        let d = global!(o.daddr);
-        let family: u16 = field(&ctx, s);
+        let family: u16 = rec.get(o.saddr);
         ev.family = family as u8;
-        let sport: u16 = field(&ctx, s + 2);
-        let dport: u16 = field(&ctx, d + 2);
-        ev.sport = u16::from_be(sport);
-        ev.dport = u16::from_be(dport);
-        let base = ctx.as_ptr() as *const u8;
-        let (addr_off, len) = if family == AF_INET6 { (8, 16) } else { (4, 4) };
-        unsafe {
-            read_into(ev.saddr.as_mut_ptr(), len, base.add((s + addr_off) as usize));
-            read_into(ev.daddr.as_mut_ptr(), len, base.add((d + addr_off) as usize));
+        ev.sport = u16::from_be(rec.get(o.saddr + 2));
+        ev.dport = u16::from_be(rec.get(o.daddr + 2));
+        if family == AF_INET6 {
+            rec.bytes::<16>(o.saddr + 8, &mut ev.saddr);
+            rec.bytes::<16>(o.daddr + 8, &mut ev.daddr);
+        } else {
+            rec.bytes::<4>(o.saddr + 4, &mut ev.saddr);
+            rec.bytes::<4>(o.daddr + 4, &mut ev.daddr);
         }
         ev.netns = if sk != 0 {
             sock_netns(sk)
         } else {
             // No socket (e.g. a SYN to a closed port): the namespace of the receiving device.
-            let skb: u64 = field(&ctx, global!(o.skbaddr));
+            let skb: u64 = rec.get(o.skbaddr);
             let dev: u64 = if skb != 0 {
                 read((skb + global!(OFFSETS.kernel.skb_dev) as u64) as *const u8)
             } else {

@@ -132,6 +132,8 @@ pub struct Aggregator {
     pub active_by_syn_retransmits: BTreeMap<u32, u64>,
     pub active_by_remote_port: BTreeMap<u16, Hist>,
     pub passive: Hist,
+    /// Passive handshakes by the number of SYN-ACK retransmits they needed (sock_ops method).
+    pub passive_by_synack_retransmits: BTreeMap<u32, u64>,
     pub dwell: Dwell,
     pub by_port: BTreeMap<u16, PortStats>,
     /// Events for ports beyond `max_ports`.
@@ -168,6 +170,7 @@ impl Aggregator {
             active_by_syn_retransmits: BTreeMap::new(),
             active_by_remote_port: BTreeMap::new(),
             passive: Hist::new(),
+            passive_by_synack_retransmits: BTreeMap::new(),
             dwell: Dwell::default(),
             by_port: BTreeMap::new(),
             ports_overflow: 0,
@@ -219,15 +222,26 @@ impl Aggregator {
     /// filter (only events that pass are measured).
     pub fn apply(&mut self, ev: &Event) -> (Outcome, bool) {
         let outcome = self.table.apply(ev);
-        if let EventKind::SynReceived { cookie } = ev.kind {
-            // Bookkeeping, like the lifecycle table: the SYN waits for its accepted socket
-            // whatever the filters say; the handshake is measured (or not) when that arrives.
-            self.pending_syn(cookie, ev);
-        }
+        // Bookkeeping, like the lifecycle table, whatever the filters say: a SYN waits for its
+        // accepted socket, which takes it out again; the handshake is measured only if the
+        // accepted socket passes the filters.
+        let syn = match ev.kind {
+            EventKind::SynReceived { cookie } => {
+                self.pending_syn(cookie, ev);
+                None
+            }
+            EventKind::PassiveEstablished { cookie } => {
+                let synack = self.pending_synack.remove(&(ev.local, ev.remote)).unwrap_or(0);
+                self.pending
+                    .remove(&(cookie, ev.local, ev.remote))
+                    .map(|p| (p, synack))
+            }
+            _ => None,
+        };
         let pass = self.cfg.filter.matches(ev, outcome.owner.map(|o| o.pid));
         if pass {
             self.matched += 1;
-            self.measure(ev, &outcome);
+            self.measure(ev, &outcome, syn);
         }
         (outcome, pass)
     }
@@ -250,7 +264,7 @@ impl Aggregator {
         Some(self.by_port.entry(port).or_default())
     }
 
-    fn measure(&mut self, ev: &Event, outcome: &Outcome) {
+    fn measure(&mut self, ev: &Event, outcome: &Outcome, syn: Option<(PendingSyn, u32)>) {
         match ev.kind {
             EventKind::State { old, new } => self.transition(ev, outcome, old, new),
             EventKind::Retransmit { state } => {
@@ -274,10 +288,13 @@ impl Aggregator {
                 {
                     *self.synack_by_port.entry(port).or_default() += 1;
                 }
-                *self
-                    .pending_synack
-                    .entry((ev.local, ev.remote))
-                    .or_default() += 1;
+                // Only for SYNs still waiting: a stray retransmit must not grow the map.
+                if !self.pending.is_empty() {
+                    *self
+                        .pending_synack
+                        .entry((ev.local, ev.remote))
+                        .or_default() += 1;
+                }
             }
             EventKind::ResetSent { state, .. } => {
                 *self
@@ -292,13 +309,15 @@ impl Aggregator {
                     .or_default() += 1;
             }
             EventKind::SynReceived { .. } => {}
-            EventKind::PassiveEstablished { cookie } => {
-                let Some(syn) = self.pending.remove(&(cookie, ev.local, ev.remote)) else {
+            EventKind::PassiveEstablished { .. } => {
+                let Some((syn, synack)) = syn else {
                     return;
                 };
-                let retrans = self.pending_synack.remove(&(ev.local, ev.remote)).unwrap_or(0)
-                    + syn.synack_retransmits;
-                let _ = retrans;
+                let retrans = synack + syn.synack_retransmits;
+                *self
+                    .passive_by_synack_retransmits
+                    .entry(retrans)
+                    .or_default() += 1;
                 let ns = ev.ts_ns.saturating_sub(syn.ts_ns);
                 self.record_passive(ev.local.port(), ns);
             }
@@ -527,6 +546,7 @@ mod tests {
         assert_eq!(a.by_port[&8080].handshake_passive.count(), 1);
         assert_eq!(a.retransmits.synack, 1);
         assert_eq!(a.pending_syns(), 1, "the other namespace's SYN still waits");
+        assert_eq!(a.passive_by_synack_retransmits, BTreeMap::from([(1, 1)]));
         // The child's later states are accounted under port 8080.
         a.apply(&st(1300 * MS, 50, Established, CloseWait, l, r));
         a.apply(&st(1400 * MS, 50, CloseWait, LastAck, l, r));
@@ -593,6 +613,22 @@ mod tests {
         assert_eq!(a.active.count(), 0);
         assert_eq!(a.matched, 0);
         assert_eq!(a.table_stats().mismatched, 0);
+    }
+
+    #[test]
+    fn filtered_out_handshakes_leave_nothing_pending() {
+        let mut a = Aggregator::new(AggregatorConfig {
+            filter: Filter {
+                netns: Some(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let (l, r) = ("10.0.0.2:8080", "10.0.0.1:5555");
+        a.apply(&ev(0, 0, EventKind::SynReceived { cookie: 7 }, l, r));
+        a.apply(&ev(5, 50, EventKind::PassiveEstablished { cookie: 7 }, l, r));
+        assert_eq!(a.pending_syns(), 0);
+        assert_eq!(a.passive.count(), 0, "filtered out: not measured");
     }
 
     #[test]

@@ -423,7 +423,7 @@ fn check_leak_identity(l: &Value, ns: &Netns, port: u16, comm: &str, ctx: &str) 
     // copied_seq, which `ss` shows, also counts the FIN's sequence number: 6.)
     assert_eq!(
         l["recv_q"].as_u64(),
-        Some(UNREAD.len() as u64 + 1),
+        Some(UNREAD.len() as u64),
         "leak recv_q (unread bytes): {l}; {ctx}"
     );
 }
@@ -579,7 +579,7 @@ fn close_wait_leaks_have_owner_exact_age_and_unread_bytes() {
         );
         assert_eq!(
             e.u64_of("recv_q"),
-            Some(UNREAD.len() as u64 + 1),
+            Some(UNREAD.len() as u64),
             "leak line recv_q (unread bytes; ss shows {cw:?}): {e}"
         );
         let age = e.f64_of("age_s").unwrap_or_else(|| panic!("age_s: {e}"));

@@ -101,7 +101,8 @@ pub struct SetStateOffsets {
     pub daddr: u16,
     pub saddr_v6: u16,
     pub daddr_v6: u16,
-    pub _pad: u16,
+    /// Bytes of the record to copy (the end of its last field; at most [`RECORD_MAX`]).
+    pub len: u16,
 }
 
 /// Field offsets shared by the `tcp/*` tracepoints that report a 4-tuple as separate v4/v6
@@ -121,6 +122,9 @@ pub struct TupleOffsets {
     pub daddr_v6: u16,
     /// `err` (retransmit_skb, 6.17+) or `sock_cookie` (receive_reset, 6.10+), or [`NONE`].
     pub aux: u16,
+    /// Bytes of the record to copy.
+    pub len: u16,
+    pub _pad: u16,
 }
 
 /// Field offsets of `tcp/tcp_send_reset`, whose addresses are `struct sockaddr_in6`-sized
@@ -135,7 +139,14 @@ pub struct SendResetOffsets {
     pub reason: u16,
     pub saddr: u16,
     pub daddr: u16,
+    /// Bytes of the record to copy.
+    pub len: u16,
+    pub _pad: u16,
 }
+
+/// The kernel programs copy a tracepoint's record once, into a buffer of this size, and read
+/// fields from the copy: one helper call per event instead of one per field.
+pub const RECORD_MAX: u16 = 128;
 
 /// Offsets of kernel struct members, from /sys/kernel/btf/vmlinux, used to walk from a socket to
 /// its network namespace and state.

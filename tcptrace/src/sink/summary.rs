@@ -48,6 +48,7 @@ pub struct Handshake {
     pub passive: HistSummary,
     pub passive_method: &'static str,
     pub active_by_syn_retransmits: BTreeMap<String, u64>,
+    pub passive_by_synack_retransmits: BTreeMap<String, u64>,
     pub active_by_remote_port: BTreeMap<String, HistSummary>,
 }
 
@@ -164,6 +165,11 @@ impl Summary {
                 passive_method: agg.config().passive_method.name(),
                 active_by_syn_retransmits: agg
                     .active_by_syn_retransmits
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect(),
+                passive_by_synack_retransmits: agg
+                    .passive_by_synack_retransmits
                     .iter()
                     .map(|(k, v)| (k.to_string(), *v))
                     .collect(),

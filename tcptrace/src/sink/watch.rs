@@ -22,7 +22,7 @@ fn row(out: &mut String, name: &str, h: &Hist) {
     let s = h.summary();
     let _ = writeln!(
         out,
-        "  {:<14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "  {:<18} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         name,
         s.count,
         human_us(s.p50_us),
@@ -62,14 +62,14 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "\n{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "\n{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "HANDSHAKE", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"
     );
     row(&mut out, "active", &agg.active);
     row(
         &mut out,
         match agg.config().passive_method {
-            crate::aggregate::PassiveMethod::SockOps => "passive",
+            crate::aggregate::PassiveMethod::SockOps => "passive(sock_ops)",
             crate::aggregate::PassiveMethod::Srtt => "passive(srtt)",
         },
         &agg.passive,
@@ -79,7 +79,7 @@ pub fn render(
     }
     let _ = writeln!(
         out,
-        "\n{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "\n{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "TIME IN STATE", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"
     );
     for (state, h) in agg.dwell.iter() {

@@ -3,7 +3,7 @@
 //! Nothing is compiled in for one kernel version.
 use anyhow::{Context as _, bail};
 use tcptrace_common::{
-    KernelOffsets, NONE, Offsets, SendResetOffsets, SetStateOffsets, TupleOffsets,
+    KernelOffsets, NONE, Offsets, RECORD_MAX, SendResetOffsets, SetStateOffsets, TupleOffsets,
 };
 
 use super::{
@@ -24,6 +24,24 @@ fn opt(v: Option<u16>) -> u16 {
     v.unwrap_or(NONE)
 }
 
+/// How much of a tracepoint's record the kernel programs copy: up to the end of its last field.
+fn record_len(f: &TracepointFormat) -> anyhow::Result<u16> {
+    let end = f
+        .fields()
+        .iter()
+        .map(|d| d.offset + d.size)
+        .max()
+        .unwrap_or(0);
+    if end > RECORD_MAX {
+        bail!(
+            "tracepoint {}/{} has a {end}-byte record; tcptrace copies at most {RECORD_MAX}: unsupported kernel layout",
+            f.category,
+            f.name
+        );
+    }
+    Ok(end)
+}
+
 /// Offsets of the v4/v6 4-tuple fields most `tcp/*` tracepoints share.
 fn tuple(f: &TracepointFormat, extra: Option<u16>, aux: Option<u16>) -> anyhow::Result<TupleOffsets> {
     Ok(TupleOffsets {
@@ -37,6 +55,8 @@ fn tuple(f: &TracepointFormat, extra: Option<u16>, aux: Option<u16>) -> anyhow::
         saddr_v6: f.require("saddr_v6", &[16])?,
         daddr_v6: f.require("daddr_v6", &[16])?,
         aux: opt(aux),
+        len: record_len(f)?,
+        _pad: 0,
     })
 }
 
@@ -54,7 +74,7 @@ pub fn tracepoint_offsets(fs: &TraceFs) -> anyhow::Result<Offsets> {
         daddr: set.require("daddr", &[4])?,
         saddr_v6: set.require("saddr_v6", &[16])?,
         daddr_v6: set.require("daddr_v6", &[16])?,
-        _pad: 0,
+        len: record_len(&set)?,
     };
 
     let rt = fs.format("tcp", "tcp_retransmit_skb")?;
@@ -79,6 +99,8 @@ pub fn tracepoint_offsets(fs: &TraceFs) -> anyhow::Result<Offsets> {
         // sockaddr_in6-sized images (kernel >= 5.x): family, port, address.
         saddr: sr.require("saddr", &[28])?,
         daddr: sr.require("daddr", &[28])?,
+        len: record_len(&sr)?,
+        _pad: 0,
     };
 
     Ok(Offsets {
