@@ -8,10 +8,11 @@
 //! time spent in each TCP state, connection lifetime, opens and closes, retransmits by the state
 //! they happened in, resets sent and received by state.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::SocketAddr,
 };
 
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 use crate::{
@@ -182,8 +183,8 @@ impl Aggregator {
             synack_by_port: BTreeMap::new(),
             resets_sent: BTreeMap::new(),
             resets_received: BTreeMap::new(),
-            pending: HashMap::new(),
-            pending_synack: HashMap::new(),
+            pending: HashMap::default(),
+            pending_synack: HashMap::default(),
             pending_evicted: 0,
             listen_ports: BTreeMap::new(),
         }

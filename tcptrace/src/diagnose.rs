@@ -21,8 +21,11 @@ use crate::{
 pub struct Snapshot {
     pub ts_ns: u64,
     pub netns: u32,
-    /// LISTEN (with drop counters), CLOSE_WAIT, TIME_WAIT and FIN_WAIT2 sockets.
+    /// LISTEN (with drop counters), CLOSE_WAIT, FIN_WAIT2 and, if `time_wait_counted`,
+    /// TIME_WAIT sockets.
     pub sockets: Vec<DiagSocket>,
+    /// Whether this poll dumped TIME_WAIT sockets (they are dumped less often).
+    pub time_wait_counted: bool,
     pub counters: BTreeMap<&'static str, i64>,
     pub sysctls: BTreeMap<&'static str, String>,
 }
@@ -129,9 +132,9 @@ pub struct TimeWait {
 pub struct Health {
     cfg: HealthConfig,
     listeners: BTreeMap<(u32, SocketAddr), ListenerState>,
-    close_wait: HashMap<Key, CloseWaitState>,
+    close_wait: rustc_hash::FxHashMap<Key, CloseWaitState>,
     /// When sockets entered CLOSE_WAIT, from the event stream (bounded).
-    cw_entered: HashMap<Key, u64>,
+    cw_entered: rustc_hash::FxHashMap<Key, u64>,
     fin_wait2: HashSet<Key>,
     pub fin_wait2_timeouts: u64,
     time_wait: BTreeMap<u32, Vec<(SocketAddr, SocketAddr)>>,
@@ -154,8 +157,8 @@ impl Health {
         Health {
             cfg,
             listeners: BTreeMap::new(),
-            close_wait: HashMap::new(),
-            cw_entered: HashMap::new(),
+            close_wait: Default::default(),
+            cw_entered: Default::default(),
             fin_wait2: HashSet::new(),
             fin_wait2_timeouts: 0,
             time_wait: BTreeMap::new(),
@@ -302,20 +305,23 @@ impl Health {
             .filter(|d| d.state == TcpState::FinWait2)
             .map(|d| (s.netns, d.local, d.remote))
             .collect();
-        let gone: Vec<Key> = self
-            .fin_wait2
-            .iter()
-            .filter(|k| k.0 == s.netns && !fw2_now.contains(*k))
-            .copied()
-            .collect();
-        for k in gone {
-            if !tw_set.contains(&(k.1, k.2)) {
-                self.fin_wait2_timeouts += 1;
+        if s.time_wait_counted {
+            // Judged only when TIME_WAIT is known: did the vanished ones become TIME_WAIT?
+            let gone: Vec<Key> = self
+                .fin_wait2
+                .iter()
+                .filter(|k| k.0 == s.netns && !fw2_now.contains(*k))
+                .copied()
+                .collect();
+            for k in gone {
+                if !tw_set.contains(&(k.1, k.2)) {
+                    self.fin_wait2_timeouts += 1;
+                }
+                self.fin_wait2.remove(&k);
             }
-            self.fin_wait2.remove(&k);
+            self.time_wait.insert(s.netns, tw);
         }
         self.fin_wait2.extend(fw2_now);
-        self.time_wait.insert(s.netns, tw);
         crossed
     }
 
@@ -549,6 +555,7 @@ mod tests {
             ts_ns: ts,
             netns: 7,
             sockets,
+            time_wait_counted: true,
             counters: BTreeMap::from([("ListenDrops", overflows), ("ListenOverflows", overflows)]),
             sysctls: BTreeMap::from([
                 ("net.core.somaxconn", "4096".to_string()),

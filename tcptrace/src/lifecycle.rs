@@ -9,7 +9,9 @@
 //!
 //! It is bounded: at `cap` entries the least recently active eighth is evicted in one sweep
 //! (listeners are kept), and evictions are counted so the loss is visible.
-use std::collections::HashMap;
+// FxHash: the table is on the per-event path, and SipHash's DoS resistance buys nothing for
+// kernel socket addresses.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::event::{Comm, Event, EventKind, TcpState};
 
@@ -92,7 +94,7 @@ impl Table {
 
     pub fn new(cap: usize) -> Table {
         Table {
-            map: HashMap::with_capacity(cap.min(1 << 16)),
+            map: HashMap::with_capacity_and_hasher(cap.min(1 << 16), Default::default()),
             cap: cap.max(8),
             stats: TableStats::default(),
         }

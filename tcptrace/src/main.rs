@@ -208,7 +208,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     drop(poll);
     let mut pipe = pipe.into_inner();
     // A last snapshot, so counters and drops cover the whole run.
-    for s in poller::poll(&targets)? {
+    for s in poller::poll(&targets, true)? {
         pipe.snapshot(s)?;
     }
     let shown = pipe.shown;

@@ -32,24 +32,29 @@ impl Targets {
     }
 }
 
-/// The states a poll asks for: what diagnosis needs, not every socket.
-fn wanted() -> netlink_packet_sock_diag::inet::StateFlags {
-    diag::states(&[
-        TcpState::Listen,
-        TcpState::CloseWait,
-        TcpState::TimeWait,
-        TcpState::FinWait2,
-    ])
+/// The states a poll asks for: what diagnosis needs, not every socket. TIME_WAIT sockets can
+/// number in the hundreds of thousands on a busy host, so only every [`TIME_WAIT_EVERY`]th poll
+/// (and the last one) dumps them.
+fn wanted(time_wait: bool) -> netlink_packet_sock_diag::inet::StateFlags {
+    let mut s = vec![TcpState::Listen, TcpState::CloseWait, TcpState::FinWait2];
+    if time_wait {
+        s.push(TcpState::TimeWait);
+    }
+    diag::states(&s)
 }
 
-fn poll_one(t: &netns::NetnsTarget) -> anyhow::Result<Snapshot> {
+/// Every how many polls TIME_WAIT sockets are dumped.
+pub const TIME_WAIT_EVERY: u64 = 5;
+
+fn poll_one(t: &netns::NetnsTarget, time_wait: bool) -> anyhow::Result<Snapshot> {
     let inode = t.inode;
     netns::run_in(&t.path, move || {
         let ts_ns = monotonic_now_ns();
         Ok(Snapshot {
             ts_ns,
             netns: inode,
-            sockets: diag::dump(wanted(), true)?,
+            time_wait_counted: time_wait,
+            sockets: diag::dump(wanted(time_wait), true)?,
             counters: procnet::read_counters()?,
             sysctls: procnet::read_sysctls(),
         })
@@ -58,10 +63,10 @@ fn poll_one(t: &netns::NetnsTarget) -> anyhow::Result<Snapshot> {
 
 /// Polls every target once. Namespaces that vanished meanwhile are skipped; errors for the
 /// namespace the user named are returned.
-pub fn poll(targets: &Targets) -> anyhow::Result<Vec<Snapshot>> {
+pub fn poll(targets: &Targets, time_wait: bool) -> anyhow::Result<Vec<Snapshot>> {
     let mut out = Vec::new();
     for t in targets.list() {
-        match poll_one(&t) {
+        match poll_one(&t, time_wait) {
             Ok(s) => out.push(s),
             Err(e) if matches!(targets, Targets::One(_)) => return Err(e),
             Err(_) => {}
@@ -84,8 +89,8 @@ impl Poller {
         let handle = std::thread::Builder::new()
             .name("tcptrace-poll".into())
             .spawn(move || {
-                loop {
-                    if tx.send(poll(&targets)).is_err() {
+                for n in 0u64.. {
+                    if tx.send(poll(&targets, n % TIME_WAIT_EVERY == 0)).is_err() {
                         return;
                     }
                     match stop_rx.recv_timeout(every) {

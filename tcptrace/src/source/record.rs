@@ -11,7 +11,8 @@
 //!   `skaddr` = inode, `aux32` = uid, `tgid` = receive queue, `tid` = send queue, `aux` = drop
 //!   counter or u64::MAX), 253 (a kernel counter: `aux32` = index in the counter table of
 //!   `source/procnet.rs`, `aux` = value), 252 (a sysctl: `aux32` = index in its sysctl table,
-//!   value as text in `saddr`+`daddr`) and 251 (end of one namespace's snapshot);
+//!   value as text in `saddr`+`daddr`) and 251 (end of one namespace's snapshot; `aux32` = 1 if
+//!   it dumped TIME_WAIT sockets);
 //! - socket owners as resolved live, kind 250: `skaddr` = inode, `tgid` = pid, `comm`, and the
 //!   cgroup path in 32-byte pieces in `saddr`+`daddr` (`aux32` = piece index, `aux` = pieces);
 //! - a 96-byte trailer: a record whose kind byte (offset 93) is 255, with `ts_ns` = end of
@@ -176,7 +177,9 @@ impl Recorder {
                 recs.push(r);
             }
         }
-        recs.push(blank(SNAPSHOT_END, s.ts_ns, s.netns));
+        let mut end = blank(SNAPSHOT_END, s.ts_ns, s.netns);
+        end.aux32 = u32::from(s.time_wait_counted);
+        recs.push(end);
         for r in &recs {
             self.out
                 .write_all(&raw_bytes(r))
@@ -322,6 +325,7 @@ impl<R: Read> Replay<R> {
                     let snap = self.partial.get_or_insert_with(|| Snapshot {
                         ts_ns: raw.ts_ns,
                         netns: raw.netns,
+                        time_wait_counted: false,
                         sockets: Vec::new(),
                         counters: BTreeMap::new(),
                         sysctls: BTreeMap::new(),
@@ -391,11 +395,12 @@ impl<R: Read> Replay<R> {
                     }
                 }
                 SNAPSHOT_END => {
-                    let snap = self.partial.take().unwrap_or(Snapshot {
+                    let mut snap = self.partial.take().unwrap_or(Snapshot {
                         ts_ns: raw.ts_ns,
                         netns: raw.netns,
                         ..Snapshot::default()
                     });
+                    snap.time_wait_counted = raw.aux32 == 1;
                     return Ok(Some(Item::Snapshot(snap)));
                 }
                 _ => {
@@ -513,6 +518,7 @@ mod tests {
         Snapshot {
             ts_ns: 77,
             netns: 9,
+            time_wait_counted: true,
             sockets: vec![DiagSocket {
                 state: TcpState::Listen,
                 local: "[::]:8080".parse().unwrap(),
@@ -554,7 +560,7 @@ mod tests {
         assert_eq!(got.sockets, want.sockets);
         assert_eq!(got.counters, want.counters);
         assert_eq!(got.sysctls, want.sysctls);
-        assert_eq!((got.ts_ns, got.netns), (77, 9));
+        assert_eq!((got.ts_ns, got.netns, got.time_wait_counted), (77, 9, true));
     }
 
     fn read_all(bytes: &[u8]) -> anyhow::Result<(Vec<Event>, Replay<&[u8]>)> {
