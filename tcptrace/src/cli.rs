@@ -168,6 +168,11 @@ pub struct CommonArgs {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, global = true)]
     pub poll_interval: Duration,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (refreshed every --interval). Given
+    /// without a value: 127.0.0.1:9923. Off by default.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9923", global = true)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Print the kernel programs' aya-log debug lines to stderr (slow; for debugging tcptrace).
     #[arg(long, global = true, hide_short_help = true)]
     pub debug_bpf: bool,

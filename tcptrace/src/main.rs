@@ -16,6 +16,7 @@ use tcptrace::{
     sink::{
         WallClock, monotonic_now_ns,
         events::{EventsSink, Format},
+        prometheus,
         summary::Summary,
         watch,
     },
@@ -121,6 +122,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     let filter_cfg = agg_config(common, PassiveMethod::SockOps)?;
     let targets = poll_targets(common, filter_cfg.filter.netns)?;
     let out = outputs(common)?;
+    let metrics = common.metrics_addr.map(prometheus::serve).transpose()?;
     let mut src = KernelSource::open(&KernelOptions {
         ring_bytes: common.ring_size,
         debug_bpf: common.debug_bpf,
@@ -139,6 +141,9 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         src.attached.len(),
         src.attached.join(", ")
     );
+    if let Some(m) = &metrics {
+        eprintln!("tcptrace: Prometheus metrics at http://{}/metrics", m.addr);
+    }
     let cfg = AggregatorConfig {
         passive_method: src.passive_method,
         ..filter_cfg
@@ -176,13 +181,19 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
             p.batch(batch)
         },
         |stats| {
-            if !watching {
-                return Ok(());
-            }
             let p = pipe.borrow();
             let mut totals = p.totals;
             totals.lost = stats.kernel.lost;
             totals.undecodable = stats.undecodable;
+            if let Some(m) = &metrics {
+                let snap = prometheus::MetricsSnapshot::build(&p.agg, &p.health, &totals, monotonic_now_ns());
+                if let Ok(mut shared) = m.shared.lock() {
+                    *shared = snap;
+                }
+            }
+            if !watching {
+                return Ok(());
+            }
             let frame = watch::render(
                 &p.agg,
                 &p.health,

@@ -754,8 +754,10 @@ fn time_wait_sockets_are_counted_by_remote() {
     assert_clean_watch(&out);
     let s = read_summary(dir.file("summary.json").as_path());
     assert_eq!(
-        tw_ss, N as u64,
-        "ground truth: ss should show the {N} clients in TIME_WAIT"
+        tw_ss,
+        N as u64,
+        "ground truth: ss should show the {N} clients in TIME_WAIT:\n{}",
+        String::from_utf8_lossy(&ns.exec(&["ss", "-tan"]).stdout)
     );
 
     let tw = &s["time_wait"];

@@ -73,3 +73,4 @@ mod tests {
 pub mod hdrlog;
 pub mod summary;
 pub mod watch;
+pub mod prometheus;
