@@ -173,6 +173,12 @@ pub struct CommonArgs {
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9923", global = true)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
+    /// After attaching, switch to this user with no capabilities (the ring buffer keeps
+    /// working). sock_diag polls of other namespaces and owners of other users' sockets then
+    /// stop working (a warning says so).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub user: Option<String>,
+
     /// Print the kernel programs' aya-log debug lines to stderr (slow; for debugging tcptrace).
     #[arg(long, global = true, hide_short_help = true)]
     pub debug_bpf: bool,

@@ -17,3 +17,4 @@ pub mod sink;
 pub mod source;
 pub mod owners;
 pub mod diagnose;
+pub mod privileges;

@@ -7,6 +7,7 @@ use std::{
 use clap::Parser as _;
 use tcptrace::{
     aggregate::{AggregatorConfig, PassiveMethod},
+    privileges,
     diagnose::HealthConfig,
     cli::{Cli, Command, CommonArgs, EventsArgs, ReplayArgs, ReportArgs},
     filter::{Family, Filter, parse_netns},
@@ -123,6 +124,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     let targets = poll_targets(common, filter_cfg.filter.netns)?;
     let out = outputs(common)?;
     let metrics = common.metrics_addr.map(prometheus::serve).transpose()?;
+    let drop_to = common.user.as_deref().map(privileges::lookup).transpose()?;
     let mut src = KernelSource::open(&KernelOptions {
         ring_bytes: common.ring_size,
         debug_bpf: common.debug_bpf,
@@ -144,6 +146,13 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     if let Some(m) = &metrics {
         eprintln!("tcptrace: Prometheus metrics at http://{}/metrics", m.addr);
     }
+    if let Some(acct) = drop_to {
+        privileges::drop_to(acct)?;
+        eprintln!(
+            "tcptrace: now running as uid {} gid {} with no capabilities",
+            acct.uid, acct.gid
+        );
+    }
     let cfg = AggregatorConfig {
         passive_method: src.passive_method,
         ..filter_cfg
@@ -159,6 +168,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     pipe.begin(start_ns)?;
     // The first snapshot is taken now, so sockets that existed before tracing are known.
     let poll = Poller::start(targets.clone(), common.poll_interval);
+    let mut poll_warned = false;
     let watching = args.is_none();
     let tty = io::stdout().is_terminal();
     let passive_note = src.passive_note.clone();
@@ -172,7 +182,18 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         |batch| {
             let mut p = pipe.borrow_mut();
             while let Ok(snaps) = poll.rx.try_recv() {
-                for s in snaps? {
+                let snaps = match snaps {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Diagnosis degrades; tracing goes on.
+                        if !poll_warned {
+                            eprintln!("tcptrace: warning: socket snapshot failed: {e:#}");
+                            poll_warned = true;
+                        }
+                        continue;
+                    }
+                };
+                for s in snaps {
                     if let Flow::Stop = p.snapshot(s)? {
                         return Ok(Flow::Stop);
                     }
@@ -219,8 +240,13 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     drop(poll);
     let mut pipe = pipe.into_inner();
     // A last snapshot, so counters and drops cover the whole run.
-    for s in poller::poll(&targets, true)? {
-        pipe.snapshot(s)?;
+    match poller::poll(&targets, true) {
+        Ok(snaps) => {
+            for s in snaps {
+                pipe.snapshot(s)?;
+            }
+        }
+        Err(e) => eprintln!("tcptrace: warning: final socket snapshot failed: {e:#}"),
     }
     let shown = pipe.shown;
     let summary = pipe.finish(monotonic_now_ns(), stats.kernel.lost, stats.undecodable)?;

@@ -39,10 +39,6 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn join<T>(h: thread::ScopedJoinHandle<'_, T>) -> T {
-    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
 fn me() -> u64 {
     std::process::id() as u64
 }
@@ -711,26 +707,23 @@ fn time_wait_sockets_are_counted_by_remote() {
     ]);
     thread::sleep(FIRST_SNAPSHOT);
     let a = addr(PORT);
-    // N short connections; the client closes first, so its side ends in TIME_WAIT.
+    // N short connections; the client closes first, so its side ends in TIME_WAIT. One at a
+    // time and in order (accept before the client closes, EOF before the server closes): were
+    // the client's last handshake ACK still queued on another CPU when the server's socket is
+    // gone, the listener would answer it with a RST, which kills the client's TIME_WAIT
+    // (RFC 1337) and makes the ground truth fall short of N.
     ns.run(move || {
         let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
-        thread::scope(|s| {
-            let l = &l;
-            let server = s.spawn(move || {
-                for _ in 0..N {
-                    let (mut c, _) = accept_timeout(l, STEP_TIMEOUT);
-                    c.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-                    let mut buf = Vec::new();
-                    c.read_to_end(&mut buf).expect("server read to EOF");
-                }
-            });
-            for _ in 0..N {
-                let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
-                    .unwrap_or_else(|e| panic!("connect {a}: {e}"));
-                drop(c);
-            }
-            join(server);
-        });
+        for _ in 0..N {
+            let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
+                .unwrap_or_else(|e| panic!("connect {a}: {e}"));
+            let (mut srv, _) = accept_timeout(&l, STEP_TIMEOUT);
+            drop(c);
+            srv.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+            let mut buf = Vec::new();
+            srv.read_to_end(&mut buf).expect("server read to EOF");
+            drop(srv);
+        }
     });
     let count_tw = |ns: &Netns| {
         ss(ns)
@@ -756,8 +749,9 @@ fn time_wait_sockets_are_counted_by_remote() {
     assert_eq!(
         tw_ss,
         N as u64,
-        "ground truth: ss should show the {N} clients in TIME_WAIT:\n{}",
-        String::from_utf8_lossy(&ns.exec(&["ss", "-tan"]).stdout)
+        "ground truth: ss should show the {N} clients in TIME_WAIT:\n{}\nresets {:#}\ncounters {:#}",
+        String::from_utf8_lossy(&ns.exec(&["ss", "-tan"]).stdout),
+        s["resets_by_state"], s["kernel_counters"]
     );
 
     let tw = &s["time_wait"];
