@@ -99,6 +99,9 @@ enum Cmd {
         #[arg(long)]
         aggregator_only: bool,
     },
+    /// Set up, build the release binary (BPF object embedded), strip it and pack it with the
+    /// service definitions into target/dist/
+    Dist,
     /// Set up, then unit tests, lints, release build and the privileged integration tests
     Test {
         /// Extra arguments for the integration test binaries (e.g. a test name filter)
@@ -146,6 +149,11 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             return ctx.run_tracer(&run_args(&args));
         }
         Cmd::Test { args } => ctx.test(&args)?,
+        Cmd::Dist => {
+            ctx.setup()?;
+            ctx.build(true)?;
+            ctx.dist()?;
+        }
         Cmd::Bench {
             rounds,
             seconds,
@@ -415,6 +423,52 @@ impl Ctx {
             .args(extra)
             .env("TCPTRACE_BIN", self.tracer_bin(true));
         step("integration tests", &mut cmd)
+    }
+}
+
+impl Ctx {
+    /// target/dist/tcptrace-VERSION-ARCH-linux/{tcptrace, tcptrace.service, daemonset.yaml,
+    /// README.md} and its .tar.gz: one self-contained binary (the BPF object is embedded),
+    /// needing only glibc and a kernel with BTF.
+    fn dist(&self) -> Result<()> {
+        let version = output(Command::new(self.tracer_bin(true)).arg("--version"))?;
+        let version = version.split_whitespace().nth(1).unwrap_or("0").to_string();
+        let name = format!("tcptrace-{version}-{}-linux", env::consts::ARCH);
+        let dist = self.target_dir.join("dist");
+        let dir = dist.join(&name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let bin = dir.join("tcptrace");
+        fs::copy(self.tracer_bin(true), &bin).context("copying the binary")?;
+        step("strip", Command::new("strip").arg("--strip-debug").arg(&bin))?;
+        for f in ["tcptrace/deploy/tcptrace.service", "tcptrace/deploy/daemonset.yaml", "README.md"] {
+            let src = self.root.join(f);
+            let dst = dir.join(Path::new(f).file_name().unwrap_or_default());
+            fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        }
+        let tarball = dist.join(format!("{name}.tar.gz"));
+        step(
+            "tar",
+            Command::new("tar")
+                .arg("-C")
+                .arg(&dist)
+                .arg("-czf")
+                .arg(&tarball)
+                .arg(&name),
+        )?;
+        let size = fs::metadata(&bin)?.len();
+        let libs = output(Command::new("ldd").arg(&bin)).unwrap_or_default();
+        eprintln!(
+            "xtask: {} ({:.1} MiB), {}\nxtask: it links only: {}",
+            bin.display(),
+            size as f64 / (1 << 20) as f64,
+            tarball.display(),
+            libs.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        Ok(())
     }
 }
 
