@@ -420,7 +420,10 @@ fn check_leak_identity(l: &Value, ns: &Netns, port: u16, comm: &str, ctx: &str) 
     assert_eq!(
         l["recv_q"].as_u64(),
         Some(UNREAD.len() as u64),
-        "leak recv_q (unread bytes): {l}; {ctx}"
+        "leak recv_q is documented as unread bytes: {} were sent and never read (the kernel's \
+         rcv_nxt - copied_seq, which ss shows, is one more in CLOSE_WAIT: the FIN's sequence \
+         number): {l}; {ctx}",
+        UNREAD.len()
     );
 }
 
@@ -576,7 +579,9 @@ fn close_wait_leaks_have_owner_exact_age_and_unread_bytes() {
         assert_eq!(
             e.u64_of("recv_q"),
             Some(UNREAD.len() as u64),
-            "leak line recv_q (unread bytes; ss shows {cw:?}): {e}"
+            "leak line recv_q is documented as unread bytes: {} were never read (ss shows \
+             {cw:?}, which counts the FIN too): {e}",
+            UNREAD.len()
         );
         let age = e.f64_of("age_s").unwrap_or_else(|| panic!("age_s: {e}"));
         let max = 2.0 + secs(POLL) + 0.25;
@@ -610,7 +615,9 @@ fn leaks_made_before_tracing_have_lower_bound_ages() {
         &sp,
     ]);
     let ready = tracer.ready_at();
-    thread::sleep((ready + Duration::from_secs(3)).saturating_duration_since(Instant::now()));
+    // Long enough that the last polls (the window `growing` looks at: 5 polls) all come after
+    // the leaks crossed the threshold (at the poll ~1 s after the first).
+    thread::sleep((ready + Duration::from_secs(4)).saturating_duration_since(Instant::now()));
     let stop_at = Instant::now();
     let out = tracer.stop();
     drop(leaked);
@@ -652,6 +659,11 @@ fn leaks_made_before_tracing_have_lower_bound_ages() {
     assert_eq!(by.len(), 1, "close_wait_leaks_by_process: {by:#?}");
     assert_eq!(by[0]["pid"].as_u64(), Some(me()), "{by:#?}");
     assert_eq!(by[0]["count"].as_u64(), Some(K as u64), "{by:#?}");
+    assert_eq!(
+        by[0]["growing"].as_bool(),
+        Some(false),
+        "the leak count was stable over the last polls: {by:#?}"
+    );
 
     // The live view: `CLOSE_WAIT LEAKS 2: comm[pid] 2` once they crossed the threshold.
     let fr = frames(watch_stdout(&out));
@@ -751,7 +763,8 @@ fn time_wait_sockets_are_counted_by_remote() {
         N as u64,
         "ground truth: ss should show the {N} clients in TIME_WAIT:\n{}\nresets {:#}\ncounters {:#}",
         String::from_utf8_lossy(&ns.exec(&["ss", "-tan"]).stdout),
-        s["resets_by_state"], s["kernel_counters"]
+        s["resets_by_state"],
+        s["kernel_counters"]
     );
 
     let tw = &s["time_wait"];
@@ -971,5 +984,167 @@ fn sysctls_and_backlog_limit_are_read_inside_the_namespace() {
     assert!(
         lines.iter().all(|x| !x.contains(&format!(":{PORT}"))),
         "a healthy listener has no diagnosis line: {lines:#?}"
+    );
+}
+
+#[test]
+fn fin_wait2_timeouts_are_counted() {
+    const PORT: u16 = 23801;
+    const K: usize = 3;
+    const M: usize = 2;
+    let ns = Netns::new();
+    // An orphaned FIN_WAIT2 socket waits tcp_fin_timeout for the peer's FIN, then goes away.
+    sysctl_set(&ns, "net.ipv4.tcp_fin_timeout", "2");
+    let dir = TempDir::new("diag-fw2");
+    let sp = dir.arg("summary.json");
+    let tracer = Tracer::events(&[
+        "--netns",
+        ns.path_str(),
+        "--poll-interval",
+        POLL_ARG,
+        "--json-summary",
+        &sp,
+    ]);
+    thread::sleep(FIRST_SNAPSHOT);
+    let a = addr(PORT);
+    // K connections whose server never closes (its clients wait in FIN_WAIT2 until they time
+    // out) and M that close normally (their clients go FIN_WAIT2 -> TIME_WAIT: no timeout).
+    let (server, kept) = ns.run(move || {
+        let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+        let mut kept = Vec::new();
+        for (i, (c, mut srv, _)) in connect_pairs(&l, a, K + M).into_iter().enumerate() {
+            drop(c);
+            if i < K {
+                kept.push(srv);
+            } else {
+                srv.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+                let mut buf = Vec::new();
+                srv.read_to_end(&mut buf).expect("server read to EOF");
+            }
+        }
+        (l, kept)
+    });
+    let count = |ns: &Netns, state: &str| {
+        ss(ns)
+            .iter()
+            .filter(|s| s.state == state && s.peer == a.to_string())
+            .count()
+    };
+    let fw2_at_start = count(&ns, "FIN-WAIT-2");
+    // Wait (bounded) for the FIN_WAIT2 sockets to time out, then for a poll to notice.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while count(&ns, "FIN-WAIT-2") > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let fw2_at_end = count(&ns, "FIN-WAIT-2");
+    let tw_at_end = count(&ns, "TIME-WAIT");
+    thread::sleep(POLL + Duration::from_millis(200));
+    let out = tracer.stop();
+    drop(kept);
+    drop(server);
+    out.assert_clean();
+    let s = read_summary(dir.file("summary.json").as_path());
+    assert_eq!(
+        (fw2_at_start, fw2_at_end, tw_at_end),
+        (K, 0, M),
+        "ground truth (ss): {K} clients in FIN_WAIT2 that all timed out, {M} in TIME_WAIT"
+    );
+    assert_eq!(
+        s["fin_wait2_timeouts"].as_u64(),
+        Some(K as u64),
+        "fin_wait2_timeouts: the {M} that went on to TIME_WAIT must not count; time_wait: {:#}",
+        s["time_wait"]
+    );
+    assert_eq!(
+        s["time_wait"]["count"].as_u64(),
+        Some(M as u64),
+        "time_wait: {:#}",
+        s["time_wait"]
+    );
+    let lines = diagnosis_lines(&s);
+    let want = format!("{K} connections timed out in FIN_WAIT2 (net.ipv4.tcp_fin_timeout)");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&want)),
+        "the diagnosis should have a line starting with `{want}`: {lines:#?}"
+    );
+    assert_eq!(
+        s["sysctls"]["net.ipv4.tcp_fin_timeout"].as_str(),
+        Some("2"),
+        "sysctls: {:#}",
+        s["sysctls"]
+    );
+}
+
+#[test]
+fn a_growing_leak_is_flagged() {
+    const PORT: u16 = 23901;
+    let ns = Netns::new();
+    let dir = TempDir::new("diag-growing");
+    let sp = dir.arg("summary.json");
+    let tracer = Tracer::events(&[
+        "--netns",
+        ns.path_str(),
+        "--close-wait-threshold",
+        "1s",
+        "--poll-interval",
+        POLL_ARG,
+        "--json-summary",
+        &sp,
+    ]);
+    thread::sleep(FIRST_SNAPSHOT);
+    let a = addr(PORT);
+    // One leak; 2 s later (it has been reported), two more; stop once those are reported too.
+    // The last 5 polls (~2 s) then saw 1 leak at first and 3 at the end: growing.
+    let (server, first, peers1, _, t1) = make_leaks(&ns, a, 1);
+    thread::sleep((t1 + Duration::from_secs(2)).saturating_duration_since(Instant::now()));
+    let more = ns.run(move || {
+        let mut v = Vec::new();
+        let mut peers = BTreeSet::new();
+        for (mut c, srv, peer) in connect_pairs(&server, a, 2) {
+            c.write_all(UNREAD).expect("client write");
+            drop(c);
+            v.push(srv);
+            peers.insert(peer);
+        }
+        (server, v, peers)
+    });
+    let (server, second, peers2) = more;
+    thread::sleep(Duration::from_millis(1800));
+    let out = tracer.stop();
+    drop(first);
+    drop(second);
+    drop(server);
+    out.assert_clean();
+    let s = read_summary(dir.file("summary.json").as_path());
+
+    let got: BTreeSet<SocketAddr> = leaks_on(&s, PORT).iter().map(|(p, _)| *p).collect();
+    let want: BTreeSet<SocketAddr> = peers1.union(&peers2).copied().collect();
+    assert_eq!(got, want, "close_wait_leaks: {:#}", s["close_wait_leaks"]);
+    let by = array(&s, "close_wait_leaks_by_process");
+    assert_eq!(by.len(), 1, "close_wait_leaks_by_process: {by:#?}");
+    assert_eq!(by[0]["pid"].as_u64(), Some(me()), "{by:#?}");
+    assert_eq!(by[0]["count"].as_u64(), Some(3), "{by:#?}");
+    assert_eq!(
+        by[0]["growing"].as_bool(),
+        Some(true),
+        "1 leak, then 3 within the last polls: growing; {by:#?}"
+    );
+    let lines = diagnosis_lines(&s);
+    let want = format!(
+        "{}[{}] holds 3 sockets in CLOSE_WAIT, and the number is growing",
+        own_comm(),
+        me()
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(&want)),
+        "the diagnosis should have a line starting with `{want}`: {lines:#?}"
+    );
+    // One leak line per socket, the first one before the others were even made.
+    let evs: Vec<&Value> = out.events.iter().filter(|e| e.kind() == "leak").collect();
+    assert_eq!(
+        evs.len(),
+        3,
+        "leak lines:\n{}",
+        describe_all(evs.iter().copied())
     );
 }

@@ -99,6 +99,13 @@ enum Cmd {
         #[arg(long)]
         aggregator_only: bool,
     },
+    /// Fuzz the parsers of untrusted input (recordings, histogram logs, tracefs format files,
+    /// kernel records) with cargo-fuzz, each for a bounded time, from the kept regression corpus
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Set up, build the release binary (BPF object embedded), strip it and pack it with the
     /// service definitions into target/dist/
     Dist,
@@ -149,6 +156,10 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             return ctx.run_tracer(&run_args(&args));
         }
         Cmd::Test { args } => ctx.test(&args)?,
+        Cmd::Fuzz { seconds } => {
+            ctx.setup()?;
+            ctx.fuzz(seconds)?;
+        }
         Cmd::Dist => {
             ctx.setup()?;
             ctx.build(true)?;
@@ -426,7 +437,41 @@ impl Ctx {
     }
 }
 
+/// The fuzz targets in tcptrace/fuzz/fuzz_targets/.
+const FUZZ_TARGETS: [&str; 4] = ["recording", "tracefs_format", "hdr_log", "event_decode"];
+
 impl Ctx {
+    /// Each target runs for `seconds` from its regression corpus (tcptrace/fuzz/corpus/T, read
+    /// only) plus a scratch corpus under target/; a crash fails the task and leaves its input in
+    /// tcptrace/fuzz/artifacts/T/ (add it to the corpus once fixed).
+    fn fuzz(&self, seconds: u64) -> Result<()> {
+        let have = Command::new("rustup")
+            .args(["run", NIGHTLY, "cargo", "fuzz", "--version"])
+            .env("PATH", &self.path)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have {
+            eprintln!("xtask: installing cargo-fuzz (a minute or two)");
+            step(
+                "install cargo-fuzz",
+                &mut self.cargo("install --locked cargo-fuzz"),
+            )?;
+        }
+        let crate_dir = self.root.join("tcptrace");
+        for t in FUZZ_TARGETS {
+            let work = self.target_dir.join("fuzz-corpus").join(t);
+            fs::create_dir_all(&work)?;
+            let mut cmd = self.nightly(&format!("cargo fuzz run --release {t}"));
+            cmd.current_dir(&crate_dir)
+                .arg(&work)
+                .arg(crate_dir.join("fuzz/corpus").join(t))
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"));
+            step(&format!("fuzzing {t}"), &mut cmd)?;
+        }
+        Ok(())
+    }
+
     /// target/dist/tcptrace-VERSION-ARCH-linux/{tcptrace, tcptrace.service, daemonset.yaml,
     /// README.md} and its .tar.gz: one self-contained binary (the BPF object is embedded),
     /// needing only glibc and a kernel with BTF.
