@@ -228,7 +228,7 @@ pub fn parse_ss(text: &str) -> Vec<SsSocket> {
 
 /// The entry of the summary's `listeners` for `port` in namespace `netns`; panics (showing the
 /// listeners) unless there is exactly one.
-pub fn listener<'a>(summary: &'a Value, netns: u64, port: u16) -> &'a Value {
+pub fn listener(summary: &Value, netns: u64, port: u16) -> &Value {
     let all = summary
         .get("listeners")
         .and_then(Value::as_array)
