@@ -381,8 +381,28 @@ pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
     let sk: u64 = read((ops as u64 + global!(OFFSETS.kernel.sock_ops_sk) as u64) as *const u8);
     let cookie = unsafe { bpf_get_netns_cookie(ops.cast::<c_void>()) };
     let family = ctx.family() as u16;
+    // For a SYN, the listener's queues at that moment: what a full accept or SYN queue looks like.
+    let k = global!(OFFSETS.kernel);
+    let queues: u32 = if kind == kind::SYN_RECEIVED
+        && sk != 0
+        && k.req_listener != u32::MAX
+        && k.sock_ack_backlog != u32::MAX
+        && k.icsk_syn_qlen != u32::MAX
+    {
+        let listener: u64 = read((sk + k.req_listener as u64) as *const u8);
+        if listener != 0 {
+            let accept: u32 = read((listener + k.sock_ack_backlog as u64) as *const u8);
+            let syn: u32 = read((listener + k.icsk_syn_qlen as u64) as *const u8);
+            (accept.min(0xffff) << 16) | syn.min(0xffff)
+        } else {
+            0
+        }
+    } else {
+        0
+    };
     emit(&ctx, kind, sk, |ev| {
         ev.aux = cookie;
+        ev.aux32 = queues;
         ev.family = family as u8;
         ev.newstate = if kind == kind::SYN_RECEIVED {
             TCP_NEW_SYN_RECV

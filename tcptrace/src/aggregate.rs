@@ -7,10 +7,7 @@
 //! What it measures (see the README for definitions): active and passive handshake latency,
 //! time spent in each TCP state, connection lifetime, opens and closes, retransmits by the state
 //! they happened in, resets sent and received by state.
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
@@ -112,6 +109,10 @@ impl Dwell {
 pub struct PortStats {
     pub handshake_passive: Hist,
     pub dwell: Dwell,
+    /// The listener's accept queue length when each SYN arrived (a count, not a duration).
+    pub accept_queue_at_syn: Hist,
+    /// The listener's SYN queue length (request sockets awaiting their final ACK) then.
+    pub syn_queue_at_syn: Hist,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -227,12 +228,15 @@ impl Aggregator {
         // accepted socket, which takes it out again; the handshake is measured only if the
         // accepted socket passes the filters.
         let syn = match ev.kind {
-            EventKind::SynReceived { cookie } => {
+            EventKind::SynReceived { cookie, .. } => {
                 self.pending_syn(cookie, ev);
                 None
             }
             EventKind::PassiveEstablished { cookie } => {
-                let synack = self.pending_synack.remove(&(ev.local, ev.remote)).unwrap_or(0);
+                let synack = self
+                    .pending_synack
+                    .remove(&(ev.local, ev.remote))
+                    .unwrap_or(0);
                 self.pending
                     .remove(&(cookie, ev.local, ev.remote))
                     .map(|p| (p, synack))
@@ -251,9 +255,8 @@ impl Aggregator {
     /// port (it is an accepted socket), else none.
     fn service_port(&self, ev: &Event, life: Option<&Life>) -> Option<u16> {
         let port = ev.local.port();
-        let passive = life.is_some_and(|l| {
-            matches!(l.first_state, TcpState::Listen | TcpState::SynRecv)
-        });
+        let passive =
+            life.is_some_and(|l| matches!(l.first_state, TcpState::Listen | TcpState::SynRecv));
         (passive || self.listen_ports.contains_key(&port)).then_some(port)
     }
 
@@ -309,7 +312,17 @@ impl Aggregator {
                     .entry(state.map_or(NO_SOCKET, TcpState::name))
                     .or_default() += 1;
             }
-            EventKind::SynReceived { .. } => {}
+            EventKind::SynReceived {
+                accept_queue,
+                syn_queue,
+                ..
+            } => {
+                let port = ev.local.port();
+                if let Some(p) = self.port_stats(port) {
+                    p.accept_queue_at_syn.record_us(u64::from(accept_queue));
+                    p.syn_queue_at_syn.record_us(u64::from(syn_queue));
+                }
+            }
             EventKind::PassiveEstablished { .. } => {
                 let Some((syn, synack)) = syn else {
                     return;
@@ -415,7 +428,8 @@ impl Aggregator {
             if let Some(ended) = &outcome.ended
                 && ended.born_seen
             {
-                self.lifetime.record_ns(ev.ts_ns.saturating_sub(ended.first_ns));
+                self.lifetime
+                    .record_ns(ev.ts_ns.saturating_sub(ended.first_ns));
             }
         }
     }
@@ -433,7 +447,10 @@ impl Aggregator {
             out.push((format!("dwell.{}", state.name()), h));
         }
         for (port, p) in &self.by_port {
-            out.push((format!("port.{port}.handshake_passive"), &p.handshake_passive));
+            out.push((
+                format!("port.{port}.handshake_passive"),
+                &p.handshake_passive,
+            ));
             for (state, h) in p.dwell.iter() {
                 out.push((format!("port.{port}.dwell.{}", state.name()), h));
             }
@@ -527,7 +544,10 @@ mod tests {
         assert_eq!(a.lifetime.count(), 3);
         assert_eq!(a.active_opens, 3);
         assert_eq!(a.closed, 3);
-        assert!(a.by_port.is_empty(), "client sockets are not a service port");
+        assert!(
+            a.by_port.is_empty(),
+            "client sockets are not a service port"
+        );
         assert_eq!(a.tracked(), 0);
     }
 
@@ -535,13 +555,45 @@ mod tests {
     fn passive_handshake_from_sock_ops_pairs_by_tuple_and_netns() {
         let mut a = Aggregator::new(AggregatorConfig::default());
         let (l, r) = ("10.0.0.2:8080", "10.0.0.1:5555");
-        a.apply(&ev(0, 0, EventKind::SynReceived { cookie: 7 }, l, r));
+        a.apply(&ev(
+            0,
+            0,
+            EventKind::SynReceived {
+                cookie: 7,
+                accept_queue: 0,
+                syn_queue: 0,
+            },
+            l,
+            r,
+        ));
         // Same tuple in another namespace: must not pair.
-        a.apply(&ev(5 * MS, 0, EventKind::SynReceived { cookie: 8 }, l, r));
-        a.apply(&ev(1000 * MS, 99, EventKind::RetransmitSynack { req: 1 }, l, r));
+        a.apply(&ev(
+            5 * MS,
+            0,
+            EventKind::SynReceived {
+                cookie: 8,
+                accept_queue: 0,
+                syn_queue: 0,
+            },
+            l,
+            r,
+        ));
+        a.apply(&ev(
+            1000 * MS,
+            99,
+            EventKind::RetransmitSynack { req: 1 },
+            l,
+            r,
+        ));
         a.apply(&st(1200 * MS, 50, Listen, SynRecv, l, r));
         a.apply(&st(1200 * MS + 5, 50, SynRecv, Established, l, r));
-        a.apply(&ev(1200 * MS + 6, 50, EventKind::PassiveEstablished { cookie: 7 }, l, r));
+        a.apply(&ev(
+            1200 * MS + 6,
+            50,
+            EventKind::PassiveEstablished { cookie: 7 },
+            l,
+            r,
+        ));
         assert_close(a.passive.summary().min_us, 1_200_000);
         assert_eq!(a.passive.count(), 1);
         assert_eq!(a.by_port[&8080].handshake_passive.count(), 1);
@@ -583,9 +635,35 @@ mod tests {
         for s in [Established, CloseWait, FinWait1, LastAck, Closing] {
             a.apply(&ev(0, 1, EventKind::Retransmit { state: Some(s) }, l, r));
         }
-        a.apply(&ev(0, 0, EventKind::ResetSent { state: None, reason: 1 }, l, r));
-        a.apply(&ev(0, 1, EventKind::ResetReceived { state: Some(SynSent) }, l, r));
-        a.apply(&ev(0, 1, EventKind::ResetSent { state: Some(Established), reason: 0 }, l, r));
+        a.apply(&ev(
+            0,
+            0,
+            EventKind::ResetSent {
+                state: None,
+                reason: 1,
+            },
+            l,
+            r,
+        ));
+        a.apply(&ev(
+            0,
+            1,
+            EventKind::ResetReceived {
+                state: Some(SynSent),
+            },
+            l,
+            r,
+        ));
+        a.apply(&ev(
+            0,
+            1,
+            EventKind::ResetSent {
+                state: Some(Established),
+                reason: 0,
+            },
+            l,
+            r,
+        ));
         assert_eq!(
             a.retransmits,
             Retransmits {
@@ -626,8 +704,24 @@ mod tests {
             ..Default::default()
         });
         let (l, r) = ("10.0.0.2:8080", "10.0.0.1:5555");
-        a.apply(&ev(0, 0, EventKind::SynReceived { cookie: 7 }, l, r));
-        a.apply(&ev(5, 50, EventKind::PassiveEstablished { cookie: 7 }, l, r));
+        a.apply(&ev(
+            0,
+            0,
+            EventKind::SynReceived {
+                cookie: 7,
+                accept_queue: 0,
+                syn_queue: 0,
+            },
+            l,
+            r,
+        ));
+        a.apply(&ev(
+            5,
+            50,
+            EventKind::PassiveEstablished { cookie: 7 },
+            l,
+            r,
+        ));
         assert_eq!(a.pending_syns(), 0);
         assert_eq!(a.passive.count(), 0, "filtered out: not measured");
     }
@@ -643,7 +737,11 @@ mod tests {
             a.apply(&ev(
                 u64::from(i),
                 0,
-                EventKind::SynReceived { cookie: 1 },
+                EventKind::SynReceived {
+                    cookie: 1,
+                    accept_queue: 3,
+                    syn_queue: 1,
+                },
                 "1.1.1.1:80",
                 &r,
             ));
@@ -660,7 +758,13 @@ mod tests {
         });
         for port in [80u16, 81, 82] {
             let l = format!("1.1.1.1:{port}");
-            a.apply(&ev(0, 0, EventKind::PassiveRtt { rtt_us: 5 }, &l, "2.2.2.2:9"));
+            a.apply(&ev(
+                0,
+                0,
+                EventKind::PassiveRtt { rtt_us: 5 },
+                &l,
+                "2.2.2.2:9",
+            ));
         }
         assert_eq!(a.by_port.len(), 2);
         assert_eq!(a.ports_overflow, 1);

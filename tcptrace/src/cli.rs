@@ -3,7 +3,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-const ABOUT: &str = "Watch every TCP connection through the kernel's tracepoints and say what is wrong.";
+const ABOUT: &str =
+    "Watch every TCP connection through the kernel's tracepoints and say what is wrong.";
 
 const LONG_ABOUT: &str = "\
 Watch every TCP connection on this host through the kernel's own tracepoints
@@ -210,7 +211,9 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         .filter(|&b| b <= 1 << 30)
         .ok_or_else(|| format!("`{s}` is larger than 1G"))?;
     if bytes < 4096 || !bytes.is_power_of_two() {
-        return Err(format!("`{s}` must be a power of two of at least 4K (e.g. 16M)"));
+        return Err(format!(
+            "`{s}` must be a power of two of at least 4K (e.g. 16M)"
+        ));
     }
     Ok(bytes as u32)
 }

@@ -146,6 +146,8 @@ pub struct Health {
     owners: HashMap<u32, ProcessInfo>,
     /// Leak counts per owner over the last polls, to tell a growing leak from a stable one.
     history: VecDeque<HashMap<Option<u32>, usize>>,
+    /// When the last poll was taken: leaks are judged as of then, when owners were looked up.
+    last_poll_ns: u64,
 }
 
 fn ip_port(a: &SocketAddr) -> (String, u16) {
@@ -169,6 +171,7 @@ impl Health {
             reported: HashSet::new(),
             owners: HashMap::new(),
             history: VecDeque::new(),
+            last_poll_ns: 0,
         }
     }
 
@@ -201,7 +204,9 @@ impl Health {
             .chain(
                 self.close_wait
                     .values()
-                    .filter(|c| now_ns.saturating_sub(c.entered_ns) > self.cfg.close_wait_threshold_ns)
+                    .filter(|c| {
+                        now_ns.saturating_sub(c.entered_ns) > self.cfg.close_wait_threshold_ns
+                    })
                     .map(|c| c.inode),
             )
             .filter(|i| *i != 0 && !self.owners.contains_key(i))
@@ -216,6 +221,7 @@ impl Health {
     /// [`Health::end_snapshot`].
     pub fn on_snapshot(&mut self, s: &Snapshot) -> Vec<Key> {
         let first = self.seen_netns.insert(s.netns);
+        self.last_poll_ns = self.last_poll_ns.max(s.ts_ns);
         for (name, v) in &s.counters {
             self.counters_base.entry((s.netns, name)).or_insert(*v);
             self.counters_now.insert((s.netns, name), *v);
@@ -287,8 +293,10 @@ impl Health {
                 crossed.push(key);
             }
         }
-        self.close_wait.retain(|k, _| k.0 != s.netns || now_cw.contains(k));
-        self.reported.retain(|k| k.0 != s.netns || now_cw.contains(k));
+        self.close_wait
+            .retain(|k, _| k.0 != s.netns || now_cw.contains(k));
+        self.reported
+            .retain(|k| k.0 != s.netns || now_cw.contains(k));
 
         // TIME_WAIT and FIN_WAIT2 timeouts: a FIN_WAIT2 socket that vanished without turning
         // into TIME_WAIT timed out waiting for the peer's FIN (tcp_fin_timeout).
@@ -327,7 +335,9 @@ impl Health {
 
     /// A leak found by [`Health::on_snapshot`], with what is known of its owner now.
     pub fn leak_report(&self, key: &Key, now_ns: u64) -> Option<Leak> {
-        self.close_wait.contains_key(key).then(|| self.leak(key, now_ns))
+        self.close_wait
+            .contains_key(key)
+            .then(|| self.leak(key, now_ns))
     }
 
     /// Closes a poll: remembers leak counts per process (to tell growing leaks).
@@ -363,8 +373,10 @@ impl Health {
         }
     }
 
-    /// Sockets in CLOSE_WAIT for longer than the threshold, oldest first.
+    /// Sockets in CLOSE_WAIT for longer than the threshold, oldest first, as of the last poll
+    /// before `now_ns` (the one that looked their owners up).
     pub fn leaks(&self, now_ns: u64) -> Vec<Leak> {
+        let now_ns = now_ns.min(self.last_poll_ns);
         let mut v: Vec<Leak> = self
             .close_wait
             .iter()
@@ -406,7 +418,11 @@ impl Health {
     pub fn counter_deltas(&self) -> BTreeMap<&'static str, i64> {
         let mut out = BTreeMap::new();
         for ((ns, name), now) in &self.counters_now {
-            let base = self.counters_base.get(&(*ns, *name)).copied().unwrap_or(*now);
+            let base = self
+                .counters_base
+                .get(&(*ns, *name))
+                .copied()
+                .unwrap_or(*now);
             *out.entry(*name).or_default() += now - base;
         }
         out
@@ -491,10 +507,13 @@ impl Health {
             })
             .collect();
         v.sort_by(|a, b| b.count.cmp(&a.count).then(a.raddr.cmp(&b.raddr)));
-        let range = self.sysctls.get("net.ipv4.ip_local_port_range").and_then(|r| {
-            let mut it = r.split(' ').filter_map(|x| x.parse::<u64>().ok());
-            Some((it.next()?, it.next()?))
-        });
+        let range = self
+            .sysctls
+            .get("net.ipv4.ip_local_port_range")
+            .and_then(|r| {
+                let mut it = r.split(' ').filter_map(|x| x.parse::<u64>().ok());
+                Some((it.next()?, it.next()?))
+            });
         let mut exhaustion = Vec::new();
         if let Some((lo, hi)) = range {
             let size = hi.saturating_sub(lo) + 1;
@@ -519,13 +538,27 @@ impl Health {
 /// What a reset in a given state usually means, for the operator.
 pub fn reset_meaning(state: &str, received: bool) -> &'static str {
     match (state, received) {
-        ("SYN_SENT", true) => "connection refused: nothing listens on the remote port (or a firewall rejects)",
-        ("NO_SOCKET", false) => "a segment arrived for a port nobody listens on (or a connection this host already forgot)",
-        ("ESTABLISHED", false) => "this host aborted a connection: the application closed with unread data or with SO_LINGER 0",
-        ("ESTABLISHED", true) => "the peer aborted the connection (crash, SO_LINGER 0, or closed with unread data)",
-        ("CLOSE_WAIT", false) | ("LAST_ACK", false) => "closed with unread data after the peer's FIN",
-        ("FIN_WAIT1", true) | ("FIN_WAIT2", true) => "the peer reset while this side was closing (it had unread data, or had already gone)",
-        ("SYN_RECV", _) | ("NEW_SYN_RECV", _) => "handshake aborted (tcp_abort_on_overflow with a full accept queue, or a bad final ACK)",
+        ("SYN_SENT", true) => {
+            "connection refused: nothing listens on the remote port (or a firewall rejects)"
+        }
+        ("NO_SOCKET", false) => {
+            "a segment arrived for a port nobody listens on (or a connection this host already forgot)"
+        }
+        ("ESTABLISHED", false) => {
+            "this host aborted a connection: the application closed with unread data or with SO_LINGER 0"
+        }
+        ("ESTABLISHED", true) => {
+            "the peer aborted the connection (crash, SO_LINGER 0, or closed with unread data)"
+        }
+        ("CLOSE_WAIT", false) | ("LAST_ACK", false) => {
+            "closed with unread data after the peer's FIN"
+        }
+        ("FIN_WAIT1", true) | ("FIN_WAIT2", true) => {
+            "the peer reset while this side was closing (it had unread data, or had already gone)"
+        }
+        ("SYN_RECV", _) | ("NEW_SYN_RECV", _) => {
+            "handshake aborted (tcp_abort_on_overflow with a full accept queue, or a bad final ACK)"
+        }
         _ => "abortive close",
     }
 }
@@ -537,7 +570,15 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    fn sock(state: TcpState, l: &str, r: &str, inode: u32, rq: u32, sq: u32, drops: Option<u32>) -> DiagSocket {
+    fn sock(
+        state: TcpState,
+        l: &str,
+        r: &str,
+        inode: u32,
+        rq: u32,
+        sq: u32,
+        drops: Option<u32>,
+    ) -> DiagSocket {
         DiagSocket {
             state,
             local: l.parse().unwrap(),
@@ -567,15 +608,44 @@ mod tests {
     #[test]
     fn listener_drops_are_deltas_and_diagnosed() {
         let mut h = Health::new(HealthConfig::default());
-        h.on_snapshot(&snap(0, vec![sock(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 5, 0, 1, Some(10))], 100));
-        h.on_snapshot(&snap(S, vec![sock(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 5, 2, 1, Some(51))], 141));
+        h.on_snapshot(&snap(
+            0,
+            vec![sock(
+                TcpState::Listen,
+                "0.0.0.0:80",
+                "0.0.0.0:0",
+                5,
+                0,
+                1,
+                Some(10),
+            )],
+            100,
+        ));
+        h.on_snapshot(&snap(
+            S,
+            vec![sock(
+                TcpState::Listen,
+                "0.0.0.0:80",
+                "0.0.0.0:0",
+                5,
+                2,
+                1,
+                Some(51),
+            )],
+            141,
+        ));
         let l = &h.listeners(&BTreeMap::new())[0];
         assert_eq!(l.drops, 41);
         assert_eq!(l.queue_peak, 2);
         assert_eq!(l.backlog_limit, 1);
         assert_eq!(l.times_full, 1);
         assert!(l.diagnosis.contains("41 SYNs dropped"), "{}", l.diagnosis);
-        assert!(l.diagnosis.contains("listen() backlog; net.core.somaxconn=4096"), "{}", l.diagnosis);
+        assert!(
+            l.diagnosis
+                .contains("listen() backlog; net.core.somaxconn=4096"),
+            "{}",
+            l.diagnosis
+        );
         assert_eq!(h.counter_deltas()["ListenDrops"], 41);
     }
 
@@ -585,7 +655,17 @@ mod tests {
             close_wait_threshold_ns: 10 * S,
             ..Default::default()
         });
-        let cw = |rq| sock(TcpState::CloseWait, "10.0.0.1:80", "10.0.0.2:5000", 9, rq, 0, None);
+        let cw = |rq| {
+            sock(
+                TcpState::CloseWait,
+                "10.0.0.1:80",
+                "10.0.0.2:5000",
+                9,
+                rq,
+                0,
+                None,
+            )
+        };
         // Seen before any event: age is a lower bound from the first poll.
         assert!(h.on_snapshot(&snap(0, vec![cw(3)], 0)).is_empty());
         assert!(h.on_snapshot(&snap(5 * S, vec![cw(3)], 0)).is_empty());
@@ -594,7 +674,10 @@ mod tests {
         let leak = h.leak_report(&crossed[0], 11 * S).unwrap();
         assert!(leak.age_is_lower_bound);
         assert_eq!(leak.recv_q, 4);
-        assert!(h.on_snapshot(&snap(12 * S, vec![cw(4)], 0)).is_empty(), "reported once");
+        assert!(
+            h.on_snapshot(&snap(12 * S, vec![cw(4)], 0)).is_empty(),
+            "reported once"
+        );
         assert_eq!(h.leaks(12 * S).len(), 1);
         // It closes: no longer a leak.
         h.on_snapshot(&snap(13 * S, vec![], 0));
@@ -622,10 +705,25 @@ mod tests {
                 new: TcpState::CloseWait,
             },
         });
-        let cw = sock(TcpState::CloseWait, "10.0.0.1:80", "10.0.0.2:5000", 9, 0, 0, None);
+        let cw = sock(
+            TcpState::CloseWait,
+            "10.0.0.1:80",
+            "10.0.0.2:5000",
+            9,
+            0,
+            0,
+            None,
+        );
         let crossed = h.on_snapshot(&snap(13 * S, vec![cw], 0));
         assert_eq!(crossed.len(), 1);
-        h.set_owner(9, ProcessInfo { pid: 42, comm: "leaky".into(), cgroup: None });
+        h.set_owner(
+            9,
+            ProcessInfo {
+                pid: 42,
+                comm: "leaky".into(),
+                cgroup: None,
+            },
+        );
         h.end_snapshot(13 * S);
         let leak = h.leak_report(&crossed[0], 13 * S).unwrap();
         assert!(!leak.age_is_lower_bound);
@@ -640,7 +738,17 @@ mod tests {
     fn time_wait_counts_and_port_exhaustion() {
         let mut h = Health::new(HealthConfig::default());
         let tws: Vec<DiagSocket> = (0..9)
-            .map(|i| sock(TcpState::TimeWait, &format!("10.0.0.1:{}", 32768 + i), "10.0.0.9:80", 0, 0, 0, None))
+            .map(|i| {
+                sock(
+                    TcpState::TimeWait,
+                    &format!("10.0.0.1:{}", 32768 + i),
+                    "10.0.0.9:80",
+                    0,
+                    0,
+                    0,
+                    None,
+                )
+            })
             .collect();
         h.on_snapshot(&snap(0, tws, 0));
         let tw = h.time_wait();
@@ -652,9 +760,27 @@ mod tests {
     #[test]
     fn fin_wait2_that_vanishes_without_time_wait_timed_out() {
         let mut h = Health::new(HealthConfig::default());
-        let fw2 = |p: u16| sock(TcpState::FinWait2, &format!("10.0.0.1:{p}"), "10.0.0.9:80", 0, 0, 0, None);
+        let fw2 = |p: u16| {
+            sock(
+                TcpState::FinWait2,
+                &format!("10.0.0.1:{p}"),
+                "10.0.0.9:80",
+                0,
+                0,
+                0,
+                None,
+            )
+        };
         h.on_snapshot(&snap(0, vec![fw2(1), fw2(2)], 0));
-        let tw = sock(TcpState::TimeWait, "10.0.0.1:2", "10.0.0.9:80", 0, 0, 0, None);
+        let tw = sock(
+            TcpState::TimeWait,
+            "10.0.0.1:2",
+            "10.0.0.9:80",
+            0,
+            0,
+            0,
+            None,
+        );
         h.on_snapshot(&snap(S, vec![tw], 0));
         assert_eq!(h.fin_wait2_timeouts, 1);
     }

@@ -86,12 +86,20 @@ pub enum EventKind {
     /// `tcp/tcp_retransmit_synack`: the socket is the listener; `req` the request socket.
     RetransmitSynack { req: u64 },
     /// `tcp/tcp_send_reset`; `state` is `None` when no socket matched (e.g. a closed port).
-    ResetSent { state: Option<TcpState>, reason: u32 },
+    ResetSent {
+        state: Option<TcpState>,
+        reason: u32,
+    },
     /// `tcp/tcp_receive_reset`.
     ResetReceived { state: Option<TcpState> },
     /// sock_ops: a SYN arrived at a listener (request socket created). `cookie` is the netns
-    /// cookie, which pairs it with the later [`EventKind::PassiveEstablished`].
-    SynReceived { cookie: u64 },
+    /// cookie, which pairs it with the later [`EventKind::PassiveEstablished`]; the listener's
+    /// accept queue and SYN queue lengths at that moment.
+    SynReceived {
+        cookie: u64,
+        accept_queue: u16,
+        syn_queue: u16,
+    },
     /// sock_ops: an accepted socket became ESTABLISHED.
     PassiveEstablished { cookie: u64 },
     /// tp_btf fallback: SYN-ACK round trip the kernel measured for a new passive socket.
@@ -245,7 +253,11 @@ impl TryFrom<&RawEvent> for Event {
             kind::RESET_RECEIVED => EventKind::ResetReceived {
                 state: opt_state(r.newstate)?,
             },
-            kind::SYN_RECEIVED => EventKind::SynReceived { cookie: r.aux },
+            kind::SYN_RECEIVED => EventKind::SynReceived {
+                cookie: r.aux,
+                accept_queue: (r.aux32 >> 16) as u16,
+                syn_queue: r.aux32 as u16,
+            },
             kind::PASSIVE_ESTABLISHED => EventKind::PassiveEstablished { cookie: r.aux },
             kind::PASSIVE_RTT => EventKind::PassiveRtt { rtt_us: r.aux32 },
             k => return Err(DecodeError::UnknownKind(k)),
@@ -305,7 +317,17 @@ impl Event {
             EventKind::ResetReceived { state } => {
                 (0, state.map_or(0, |s| s as u8), 0, 0, kind::RESET_RECEIVED)
             }
-            EventKind::SynReceived { cookie } => (0, 0, cookie, 0, kind::SYN_RECEIVED),
+            EventKind::SynReceived {
+                cookie,
+                accept_queue,
+                syn_queue,
+            } => (
+                0,
+                0,
+                cookie,
+                (u32::from(accept_queue) << 16) | u32::from(syn_queue),
+                kind::SYN_RECEIVED,
+            ),
             EventKind::PassiveEstablished { cookie } => {
                 (0, 0, cookie, 0, kind::PASSIVE_ESTABLISHED)
             }

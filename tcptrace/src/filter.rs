@@ -89,7 +89,10 @@ pub fn parse_netns(arg: &str) -> anyhow::Result<u32> {
     })?;
     let ino = meta.ino();
     let Ok(ino) = u32::try_from(ino) else {
-        bail!("--netns {arg}: inode {ino} of {} is not a namespace inode", path.display());
+        bail!(
+            "--netns {arg}: inode {ino} of {} is not a namespace inode",
+            path.display()
+        );
     };
     Ok(ino)
 }

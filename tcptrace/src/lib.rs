@@ -5,16 +5,16 @@
 //! **sinks** ([`sink`]) render them: event lines, the live view, the JSON summary, histogram logs.
 pub mod aggregate;
 pub mod cli;
+pub mod diagnose;
 pub mod event;
 pub mod filter;
 pub mod hist;
 pub mod lifecycle;
 pub mod output;
+pub mod owners;
 pub mod pipeline;
+pub mod privileges;
 pub mod report;
 pub mod run;
 pub mod sink;
 pub mod source;
-pub mod owners;
-pub mod diagnose;
-pub mod privileges;

@@ -86,7 +86,10 @@ fn runs_in_owner_context(old: TcpState, new: TcpState) -> bool {
 
 fn is_birth(old: TcpState, new: TcpState) -> bool {
     use TcpState::*;
-    matches!((old, new), (Close, SynSent) | (Close, Listen) | (Listen, SynRecv))
+    matches!(
+        (old, new),
+        (Close, SynSent) | (Close, Listen) | (Listen, SynRecv)
+    )
 }
 
 impl Table {
@@ -286,7 +289,11 @@ mod tests {
         assert_eq!(o.owner.unwrap().pid, 42);
         let o = t.apply(&st(3_000, 7, SynSent, Established, 0));
         assert_eq!(o.dwell_ns, Some(2_000));
-        assert_eq!(o.owner.unwrap().pid, 42, "softirq pid 0 does not take ownership");
+        assert_eq!(
+            o.owner.unwrap().pid,
+            42,
+            "softirq pid 0 does not take ownership"
+        );
         t.apply(&st(10_000, 7, Established, FinWait1, 42));
         t.apply(&st(10_500, 7, FinWait1, FinWait2, 0));
         let o = t.apply(&st(11_000, 7, FinWait2, Close, 0));

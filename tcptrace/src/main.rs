@@ -7,17 +7,16 @@ use std::{
 use clap::Parser as _;
 use tcptrace::{
     aggregate::{AggregatorConfig, PassiveMethod},
-    privileges,
-    diagnose::HealthConfig,
     cli::{Cli, Command, CommonArgs, EventsArgs, ReplayArgs, ReportArgs},
+    diagnose::HealthConfig,
     filter::{Family, Filter, parse_netns},
     pipeline::{Outputs, Pipeline},
-    report,
+    privileges, report,
     run::{Flow, run_live},
     sink::{
-        WallClock, monotonic_now_ns,
+        WallClock,
         events::{EventsSink, Format},
-        prometheus,
+        monotonic_now_ns, prometheus,
         summary::Summary,
         watch,
     },
@@ -134,9 +133,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         eprintln!("tcptrace: tracefs was not mounted; mounted it at /sys/kernel/tracing");
     }
     if let Some(note) = &src.passive_note {
-        eprintln!(
-            "tcptrace: passive handshakes measured by srtt (SYN-ACK RTT): {note}"
-        );
+        eprintln!("tcptrace: passive handshakes measured by srtt (SYN-ACK RTT): {note}");
     }
     eprintln!(
         "tcptrace: attached {} programs ({}); Ctrl-C to stop",
@@ -207,7 +204,12 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
             totals.lost = stats.kernel.lost;
             totals.undecodable = stats.undecodable;
             if let Some(m) = &metrics {
-                let snap = prometheus::MetricsSnapshot::build(&p.agg, &p.health, &totals, monotonic_now_ns());
+                let snap = prometheus::MetricsSnapshot::build(
+                    &p.agg,
+                    &p.health,
+                    &totals,
+                    monotonic_now_ns(),
+                );
                 if let Ok(mut shared) = m.shared.lock() {
                     *shared = snap;
                 }
@@ -268,7 +270,11 @@ fn replay(common: &CommonArgs, args: &ReplayArgs) -> anyhow::Result<()> {
     let out = outputs(common)?;
     let clock = WallClock::with_offset(i128::from(rec.header.wall_offset_ns));
     let events = args.events.then(|| {
-        let format = if args.json { Format::Json } else { Format::Text };
+        let format = if args.json {
+            Format::Json
+        } else {
+            Format::Text
+        };
         EventsSink::new(stdout(), format, clock)
     });
     let mut pipe = Pipeline::new(cfg, health_config(common), events, out, clock);

@@ -122,7 +122,9 @@ mod tests {
     fn finds_the_owner_of_our_socket() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
-        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino() as u32;
+        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino() as u32;
         let mut o = Owners::default();
         o.resolve(&[ino], Duration::from_secs(5));
         let p = o.get(ino).expect("owner found");

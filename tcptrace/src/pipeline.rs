@@ -7,8 +7,8 @@ use crate::{
     aggregate::{Aggregator, AggregatorConfig},
     diagnose::{Health, HealthConfig, Snapshot},
     event::Event,
-    owners::{Owners, ProcessInfo},
     output::AtomicFile,
+    owners::{Owners, ProcessInfo},
     run::Flow,
     sink::{
         WallClock,

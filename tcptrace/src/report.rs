@@ -32,7 +32,9 @@ pub fn parse_bound(s: &str) -> Result<Bound, String> {
     humantime::parse_rfc3339_weak(s)
         .map(Bound::At)
         .map_err(|_| {
-            format!("`{s}` is neither an offset (e.g. 30s, 5m) nor a time (e.g. 2026-11-22T10:00:00Z)")
+            format!(
+                "`{s}` is neither an offset (e.g. 30s, 5m) nor a time (e.g. 2026-11-22T10:00:00Z)"
+            )
         })
 }
 

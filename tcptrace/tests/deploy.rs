@@ -80,7 +80,9 @@ fn daemonset_runs_a_valid_tcptrace_with_what_it_needs() {
     );
     let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     let metrics = cli.common.metrics_addr.expect("serves metrics");
-    let port = c["ports"][0]["containerPort"].as_i64().expect("metrics port");
+    let port = c["ports"][0]["containerPort"]
+        .as_i64()
+        .expect("metrics port");
     assert_eq!(i64::from(metrics.port()), port);
     assert_eq!(
         d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"].as_str(),

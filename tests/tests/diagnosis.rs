@@ -3,9 +3,10 @@
 //! listener's own drop counter), `sysctl`, and the test's clock and sockets.
 //!
 //! Each test makes its own namespace, starts the tracer filtered to it (so the poller looks only
-//! there), makes the trouble on purpose (a listener that never accepts, sockets never closed,
-//! short connections, a closed port), and checks the JSON summary, the `leak` event lines and
-//! the live view.
+//! there), makes the trouble on purpose (a listener that never accepts or whose backlog
+//! somaxconn caps, sockets never closed — before or during tracing, and more of them over time —,
+//! short connections, peers that never close, a closed port, unusual sysctls), and checks the
+//! JSON summary, the `leak` event lines and the live view.
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

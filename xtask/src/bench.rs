@@ -63,7 +63,15 @@ impl Netns {
         ] {
             // tcp_tw_reuse_delay exists from Linux 6.14 on; without it reuse waits 1 s.
             let _ = Command::new("ip")
-                .args(["netns", "exec", &ns.name, "sysctl", "-q", "-w", &format!("{k}={v}")])
+                .args([
+                    "netns",
+                    "exec",
+                    &ns.name,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    &format!("{k}={v}"),
+                ])
                 .status();
         }
         Ok(ns)
@@ -76,7 +84,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -205,8 +215,16 @@ fn start_tracer(cfg: Config, tracer: &Path) -> Result<Option<Tracer>> {
     // bpftrace says "Attaching N probes..." on stdout; tcptrace says "attached" on stderr.
     let bpftrace = cfg == Config::Bpftrace;
     let mut child = cmd
-        .stdout(if bpftrace { Stdio::piped() } else { Stdio::null() })
-        .stderr(if bpftrace { Stdio::null() } else { Stdio::piped() })
+        .stdout(if bpftrace {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if bpftrace {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", cfg.name()))?;
@@ -261,9 +279,17 @@ fn parse_summary(stderr: &str) -> (u64, Option<u64>) {
     };
     let num_before = |word: &str| -> Option<u64> {
         let i = line.find(word)?;
-        line[..i].split_whitespace().last()?.trim_end_matches(',').parse().ok()
+        line[..i]
+            .split_whitespace()
+            .last()?
+            .trim_end_matches(',')
+            .parse()
+            .ok()
     };
-    (num_before("events received").unwrap_or(0), num_before("lost"))
+    (
+        num_before("events received").unwrap_or(0),
+        num_before("lost"),
+    )
 }
 
 fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Result<Sample> {
@@ -420,8 +446,16 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
                 "| {} | {:.1} | {} | {} | {} |\n",
                 cfg.name(),
                 median(&mut p),
-                if *cfg == Config::None { "-".into() } else { format!("{:+.1} points", median(&mut extra)) },
-                if *cfg == Config::None { "-".into() } else { format!("{:.1}", median(&mut cpu)) },
+                if *cfg == Config::None {
+                    "-".into()
+                } else {
+                    format!("{:+.1} points", median(&mut extra))
+                },
+                if *cfg == Config::None {
+                    "-".into()
+                } else {
+                    format!("{:.1}", median(&mut cpu))
+                },
                 lost.map_or("-".to_string(), |l| l.to_string()),
             ));
         }
@@ -437,7 +471,8 @@ mod tests {
     fn reads_the_tracer_summary() {
         let err = "tcptrace: attached 6 programs\ntcptrace: 1234 events received, 5 lost (ring buffer full), 0 undecodable, 0 sockets evicted, 10.0s\n";
         assert_eq!(parse_summary(err), (1234, Some(5)));
-        let err = "tcptrace: 99 events received, 99 shown, 0 lost (ring buffer full), 0 undecodable";
+        let err =
+            "tcptrace: 99 events received, 99 shown, 0 lost (ring buffer full), 0 undecodable";
         assert_eq!(parse_summary(err), (99, Some(0)));
         assert_eq!(parse_summary("nothing"), (0, None));
     }

@@ -179,7 +179,9 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             )?;
             if !aggregator_only {
                 if !is_root() {
-                    bail!("the overhead benchmark loads the tracer and makes a network namespace: run it as root");
+                    bail!(
+                        "the overhead benchmark loads the tracer and makes a network namespace: run it as root"
+                    );
                 }
                 ctx.build(true)?;
                 let table = bench::overhead(&bench::BenchOptions {
@@ -485,8 +487,15 @@ impl Ctx {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let bin = dir.join("tcptrace");
         fs::copy(self.tracer_bin(true), &bin).context("copying the binary")?;
-        step("strip", Command::new("strip").arg("--strip-debug").arg(&bin))?;
-        for f in ["tcptrace/deploy/tcptrace.service", "tcptrace/deploy/daemonset.yaml", "README.md"] {
+        step(
+            "strip",
+            Command::new("strip").arg("--strip-debug").arg(&bin),
+        )?;
+        for f in [
+            "tcptrace/deploy/tcptrace.service",
+            "tcptrace/deploy/daemonset.yaml",
+            "README.md",
+        ] {
             let src = self.root.join(f);
             let dst = dir.join(Path::new(f).file_name().unwrap_or_default());
             fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;

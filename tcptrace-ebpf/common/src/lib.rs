@@ -22,7 +22,9 @@ pub mod kind {
     /// `tcp/tcp_receive_reset`: a RST arrived for a socket; `newstate` is its state then.
     pub const RESET_RECEIVED: u8 = 5;
     /// sock_ops on the cgroup v2 root: a SYN arrived at a listener and a request socket was made
-    /// (`BPF_SOCK_OPS_RWND_INIT` on a request socket). `aux` is the netns cookie; `skaddr` 0.
+    /// (`BPF_SOCK_OPS_RWND_INIT` on a request socket). `aux` is the netns cookie, `skaddr` the
+    /// request socket, `aux32` the listener's queues then: accept queue length in the high 16
+    /// bits, SYN queue length in the low 16 (each capped at 65535).
     pub const SYN_RECEIVED: u8 = 6;
     /// sock_ops: a passive (accepted) socket became ESTABLISHED
     /// (`BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`). `aux` is the netns cookie.
@@ -175,6 +177,13 @@ pub struct KernelOffsets {
     /// `struct bpf_sock_ops_kern` -> `sk`: the socket (request socket for a SYN) behind a
     /// sock_ops context, read as a plain address.
     pub sock_ops_sk: u32,
+    /// `struct request_sock` -> `rsk_listener`: the listener a SYN arrived at.
+    pub req_listener: u32,
+    /// `struct sock` -> `sk_ack_backlog` (u32): the listener's accept queue length.
+    pub sock_ack_backlog: u32,
+    /// `struct inet_connection_sock` -> `icsk_accept_queue.qlen` (u32): request sockets waiting
+    /// for their final ACK (the SYN queue).
+    pub icsk_syn_qlen: u32,
     pub _pad: u32,
 }
 
@@ -219,7 +228,11 @@ impl Offsets {
 }
 
 impl Config {
-    pub const ZERO: Config = Config { wakeup_bytes: 0, debug: 0, _pad: 0 };
+    pub const ZERO: Config = Config {
+        wakeup_bytes: 0,
+        debug: 0,
+        _pad: 0,
+    };
 }
 
 #[cfg(feature = "user")]

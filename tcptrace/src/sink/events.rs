@@ -108,7 +108,11 @@ impl<W: Write> EventsSink<W> {
                     tid: 0,
                     comm: l.comm.as_deref().unwrap_or(""),
                     netns: l.netns,
-                    family: if l.laddr.contains(':') { "ipv6" } else { "ipv4" },
+                    family: if l.laddr.contains(':') {
+                        "ipv6"
+                    } else {
+                        "ipv4"
+                    },
                     laddr: l.laddr.clone(),
                     lport: l.lport,
                     raddr: l.raddr.clone(),
@@ -285,9 +289,29 @@ mod tests {
         assert_eq!(v["time"], "1970-01-01T00:00:00.002000Z");
         let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         for k in [
-            "time", "ts_ns", "kind", "skaddr", "pid", "tid", "comm", "netns", "family", "laddr",
-            "lport", "raddr", "rport", "old_state", "new_state", "state", "dwell_ms", "reason",
-            "owner_pid", "owner_comm", "age_s", "age_is_lower_bound", "recv_q",
+            "time",
+            "ts_ns",
+            "kind",
+            "skaddr",
+            "pid",
+            "tid",
+            "comm",
+            "netns",
+            "family",
+            "laddr",
+            "lport",
+            "raddr",
+            "rport",
+            "old_state",
+            "new_state",
+            "state",
+            "dwell_ms",
+            "reason",
+            "owner_pid",
+            "owner_comm",
+            "age_s",
+            "age_is_lower_bound",
+            "recv_q",
         ] {
             assert!(keys.contains(&k.to_string()), "missing {k}");
         }

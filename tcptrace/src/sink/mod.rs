@@ -71,6 +71,6 @@ mod tests {
     }
 }
 pub mod hdrlog;
+pub mod prometheus;
 pub mod summary;
 pub mod watch;
-pub mod prometheus;

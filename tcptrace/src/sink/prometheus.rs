@@ -23,8 +23,8 @@ use crate::{aggregate::Aggregator, diagnose::Health, hist::Hist, sink::summary::
 
 /// Bucket upper bounds, seconds: 50 µs to 1 h.
 pub const BUCKETS: [f64; 21] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 ];
 
 type Labels = Vec<(String, String)>;
@@ -47,7 +47,11 @@ impl HistValue {
             .iter()
             .map(|&b| {
                 let us = (b * 1e6) as u64;
-                let cumulative = if count == 0 { 0 } else { hh.count_between(0, us) };
+                let cumulative = if count == 0 {
+                    0
+                } else {
+                    hh.count_between(0, us)
+                };
                 let n = cumulative.saturating_sub(below);
                 below = cumulative.max(below);
                 (b, n)
@@ -57,7 +61,11 @@ impl HistValue {
         buckets.push((f64::INFINITY, count.saturating_sub(below)));
         HistValue {
             labels,
-            sum: if count == 0 { 0.0 } else { hh.mean() * count as f64 / 1e6 },
+            sum: if count == 0 {
+                0.0
+            } else {
+                hh.mean() * count as f64 / 1e6
+            },
             count,
             buckets,
         }
@@ -80,12 +88,18 @@ pub struct MetricsSnapshot {
 }
 
 fn l(pairs: &[(&str, String)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 impl MetricsSnapshot {
     pub fn build(agg: &Aggregator, health: &Health, totals: &SourceTotals, now_ns: u64) -> Self {
-        let mut handshake = vec![HistValue::from_hist(l(&[("side", "active".into())]), &agg.active)];
+        let mut handshake = vec![HistValue::from_hist(
+            l(&[("side", "active".into())]),
+            &agg.active,
+        )];
         for (port, p) in &agg.by_port {
             if !p.handshake_passive.is_empty() {
                 handshake.push(HistValue::from_hist(
@@ -101,16 +115,24 @@ impl MetricsSnapshot {
             .collect();
         let r = &agg.retransmits;
         let mut resets = Vec::new();
-        for (dir, map) in [("sent", &agg.resets_sent), ("received", &agg.resets_received)] {
+        for (dir, map) in [
+            ("sent", &agg.resets_sent),
+            ("received", &agg.resets_received),
+        ] {
             for (state, n) in map.iter() {
-                resets.push((l(&[("direction", dir.into()), ("state", state.to_string())]), *n));
+                resets.push((
+                    l(&[("direction", dir.into()), ("state", state.to_string())]),
+                    *n,
+                ));
             }
         }
         let listeners = health.listeners(&agg.synack_by_port);
         let addr = |ls: &crate::diagnose::ListenerReport| format!("{}:{}", ls.addr, ls.port);
         let mut leaks: std::collections::BTreeMap<String, i64> = Default::default();
         for p in health.leaks_by_process(now_ns) {
-            *leaks.entry(p.comm.unwrap_or_else(|| "unknown".into())).or_default() += p.count as i64;
+            *leaks
+                .entry(p.comm.unwrap_or_else(|| "unknown".into()))
+                .or_default() += p.count as i64;
         }
         let t = agg.table_stats();
         MetricsSnapshot {
@@ -264,7 +286,9 @@ impl Collector for SnapshotCollector {
 /// Renders the exposition text for a snapshot.
 pub fn render(snap: &MetricsSnapshot) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SnapshotCollector(Arc::new(Mutex::new(snap.clone())))));
+    registry.register_collector(Box::new(SnapshotCollector(Arc::new(Mutex::new(
+        snap.clone(),
+    )))));
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
@@ -305,7 +329,8 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<MetricsServer> {
                     }
                     r
                 } else {
-                    tiny_http::Response::from_string("tcptrace: see /metrics\n").with_status_code(404)
+                    tiny_http::Response::from_string("tcptrace: see /metrics\n")
+                        .with_status_code(404)
                 };
                 let _ = req.respond(resp);
             }
@@ -349,27 +374,47 @@ mod tests {
             0,
         );
         let text = render(&snap);
-        assert!(text.contains("# TYPE tcptrace_handshake_duration_seconds histogram"), "{text}");
         assert!(
-            text.contains("tcptrace_handshake_duration_seconds_bucket{le=\"0.0025\",side=\"active\"} 1"),
+            text.contains("# TYPE tcptrace_handshake_duration_seconds histogram"),
             "{text}"
         );
         assert!(
-            text.contains("tcptrace_handshake_duration_seconds_bucket{le=\"0.001\",side=\"active\"} 0"),
+            text.contains(
+                "tcptrace_handshake_duration_seconds_bucket{le=\"0.0025\",side=\"active\"} 1"
+            ),
             "{text}"
         );
-        assert!(text.contains("tcptrace_handshake_duration_seconds_count{side=\"active\"} 1"), "{text}");
         assert!(
-            text.contains("tcptrace_handshake_duration_seconds_bucket{le=\"3600.0\",side=\"active\"} 1"),
+            text.contains(
+                "tcptrace_handshake_duration_seconds_bucket{le=\"0.001\",side=\"active\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcptrace_handshake_duration_seconds_count{side=\"active\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tcptrace_handshake_duration_seconds_bucket{le=\"3600.0\",side=\"active\"} 1"
+            ),
             "cumulative: {text}"
         );
         assert!(
-            text.contains("tcptrace_handshake_duration_seconds_bucket{le=\"+Inf\",side=\"active\"} 1"),
+            text.contains(
+                "tcptrace_handshake_duration_seconds_bucket{le=\"+Inf\",side=\"active\"} 1"
+            ),
             "{text}"
         );
-        assert!(text.contains("tcptrace_retransmits_total{kind=\"syn\"} 0"), "{text}");
+        assert!(
+            text.contains("tcptrace_retransmits_total{kind=\"syn\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("tcptrace_events_lost_total 0"), "{text}");
-        assert!(text.contains("tcptrace_state_duration_seconds_count{state=\"SYN_SENT\"} 1"), "{text}");
+        assert!(
+            text.contains("tcptrace_state_duration_seconds_count{state=\"SYN_SENT\"} 1"),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

@@ -107,6 +107,36 @@ pub struct Listener {
     pub report: ListenerReport,
     pub synack_retransmits: u64,
     pub handshake_passive: HistSummary,
+    /// Accept queue length seen by each arriving SYN (sock_ops).
+    pub accept_queue_at_syn: QueueSummary,
+    /// SYN queue length (request sockets awaiting their final ACK) seen by each arriving SYN.
+    pub syn_queue_at_syn: QueueSummary,
+    /// The SYN queue's limit: the same as the accept queue's (`sk_max_ack_backlog`).
+    pub syn_queue_limit: u32,
+}
+
+/// Lengths (counts) sampled at each SYN.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct QueueSummary {
+    pub samples: u64,
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub max: Option<u64>,
+}
+
+impl QueueSummary {
+    fn of(h: Option<&crate::hist::Hist>) -> QueueSummary {
+        let Some(h) = h else {
+            return QueueSummary::default();
+        };
+        let s = h.summary();
+        QueueSummary {
+            samples: s.count,
+            p50: s.p50_us,
+            p99: s.p99_us,
+            max: s.max_us,
+        }
+    }
 }
 
 fn per_s(n: u64, secs: f64) -> f64 {
@@ -124,14 +154,18 @@ impl Summary {
         let listeners: Vec<Listener> = health
             .listeners(&agg.synack_by_port)
             .into_iter()
-            .map(|report| Listener {
-                synack_retransmits: agg.synack_by_port.get(&report.port).copied().unwrap_or(0),
-                handshake_passive: agg
-                    .by_port
-                    .get(&report.port)
-                    .map(|p| p.handshake_passive.summary())
-                    .unwrap_or_default(),
-                report,
+            .map(|report| {
+                let port = agg.by_port.get(&report.port);
+                Listener {
+                    synack_retransmits: agg.synack_by_port.get(&report.port).copied().unwrap_or(0),
+                    handshake_passive: port
+                        .map(|p| p.handshake_passive.summary())
+                        .unwrap_or_default(),
+                    accept_queue_at_syn: QueueSummary::of(port.map(|p| &p.accept_queue_at_syn)),
+                    syn_queue_at_syn: QueueSummary::of(port.map(|p| &p.syn_queue_at_syn)),
+                    syn_queue_limit: report.backlog_limit,
+                    report,
+                }
             })
             .collect();
         let mut resets_by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -238,12 +272,28 @@ fn diagnosis(
     tw: &TimeWait,
 ) -> Vec<String> {
     let mut out = Vec::new();
+    for l in listeners {
+        let (Some(max), limit) = (l.syn_queue_at_syn.max, l.syn_queue_limit) else {
+            continue;
+        };
+        if limit > 0 && max * 4 >= u64::from(limit) * 3 {
+            out.push(format!(
+                "listener {}:{}: SYN queue reached {max} of its limit {limit} (half-open connections awaiting the final ACK): a SYN flood, or clients whose final ACKs are lost; net.ipv4.tcp_syncookies={} keeps serving when it is full",
+                l.report.addr,
+                l.report.port,
+                health.sysctls.get("net.ipv4.tcp_syncookies").map_or("?", String::as_str)
+            ));
+        }
+    }
     for l in listeners.iter().filter(|l| l.report.diagnosis != "ok") {
         let who = match (&l.report.comm, l.report.pid) {
             (Some(c), Some(p)) => format!(" ({c}[{p}])"),
             _ => String::new(),
         };
-        out.push(format!("listener {}:{}{who}: {}", l.report.addr, l.report.port, l.report.diagnosis));
+        out.push(format!(
+            "listener {}:{}{who}: {}",
+            l.report.addr, l.report.port, l.report.diagnosis
+        ));
     }
     for p in leaks {
         let who = match (&p.comm, p.pid) {
@@ -270,10 +320,16 @@ fn diagnosis(
         ));
     }
     for (state, n) in &agg.resets_received {
-        out.push(format!("{n} resets received in {state}: {}", reset_meaning(state, true)));
+        out.push(format!(
+            "{n} resets received in {state}: {}",
+            reset_meaning(state, true)
+        ));
     }
     for (state, n) in &agg.resets_sent {
-        out.push(format!("{n} resets sent in {state}: {}", reset_meaning(state, false)));
+        out.push(format!(
+            "{n} resets sent in {state}: {}",
+            reset_meaning(state, false)
+        ));
     }
     let _ = NO_SOCKET;
     out
@@ -310,7 +366,9 @@ mod tests {
             assert!(v["handshake"].get(k).is_some(), "handshake.{k}");
         }
         assert_eq!(v["handshake"]["passive_method"], "sock_ops");
-        for k in ["count", "min_us", "mean_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        for k in [
+            "count", "min_us", "mean_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
+        ] {
             assert!(v["handshake"]["active"].get(k).is_some(), "H.{k}");
         }
         for k in ["syn", "synack", "data", "fin", "total"] {

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, anyhow, bail};
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
@@ -22,7 +24,8 @@ pub struct DiagSocket {
     pub remote: SocketAddr,
     pub inode: u32,
     pub uid: u32,
-    /// Bytes not yet read by the application; for LISTEN: the accept queue length.
+    /// Bytes not yet read by the application (not counting a received FIN); for LISTEN: the
+    /// accept queue length.
     pub recv_q: u32,
     /// Bytes not yet acknowledged by the peer; for LISTEN: the accept queue limit.
     pub send_q: u32,
@@ -41,7 +44,8 @@ pub fn states(list: &[TcpState]) -> StateFlags {
 
 /// Dumps TCP sockets of both families in the given states.
 pub fn dump(wanted: StateFlags, meminfo: bool) -> anyhow::Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
     socket.bind_auto().context("binding the sock_diag socket")?;
     socket
         .connect(&netlink_sys::SocketAddr::new(0, 0))
@@ -84,7 +88,9 @@ fn dump_family(
     packet.finalize();
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf[..]);
-    socket.send(&buf, 0).context("sending the sock_diag request")?;
+    socket
+        .send(&buf, 0)
+        .context("sending the sock_diag request")?;
 
     let mut rx = Vec::with_capacity(1 << 16);
     loop {
@@ -112,6 +118,17 @@ fn dump_family(
                         Nla::MemInfo(m) => Some(m.drops),
                         _ => None,
                     });
+                    // The kernel's receive queue is rcv_nxt - copied_seq, which counts the peer's
+                    // FIN once it has arrived: report unread bytes only.
+                    let fin_received = matches!(
+                        state,
+                        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing
+                    );
+                    let recv_q = if fin_received {
+                        h.recv_queue.saturating_sub(1)
+                    } else {
+                        h.recv_queue
+                    };
                     out.push(DiagSocket {
                         state,
                         local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
@@ -121,7 +138,7 @@ fn dump_family(
                         ),
                         inode: h.inode,
                         uid: h.uid,
-                        recv_q: h.recv_queue,
+                        recv_q,
                         send_q: h.send_queue,
                         drops,
                     });

@@ -1,7 +1,7 @@
 //! Where events come from. Every source yields the same typed [`crate::event::Event`]s.
-pub mod kernel;
-pub mod record;
 pub mod diag;
+pub mod kernel;
 pub mod netns;
-pub mod procnet;
 pub mod poller;
+pub mod procnet;
+pub mod record;

@@ -39,7 +39,12 @@ pub fn all_namespaces() -> Vec<NetnsTarget> {
     }
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            if !e
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
                 continue;
             }
             let p = e.path().join("ns/net");

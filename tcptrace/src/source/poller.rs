@@ -1,11 +1,7 @@
 //! The sock_diag poller: a source of socket snapshots (with kernel counters and sysctls) taken
 //! every `--poll-interval` in each namespace of interest, on its own thread so a slow dump never
 //! delays the ring buffer reader.
-use std::{
-    path::PathBuf,
-    sync::mpsc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::mpsc, time::Duration};
 
 use crate::{
     diagnose::Snapshot,
@@ -100,11 +96,7 @@ impl Poller {
                 }
             })
             .ok();
-        Poller {
-            rx,
-            stop,
-            handle,
-        }
+        Poller { rx, stop, handle }
     }
 }
 

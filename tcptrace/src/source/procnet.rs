@@ -43,7 +43,8 @@ pub fn parse_counters(text: &str, out: &mut BTreeMap<String, i64>) {
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {
         let [names, values] = pair else { continue };
-        let (Some((g1, names)), Some((g2, values))) = (names.split_once(':'), values.split_once(':'))
+        let (Some((g1, names)), Some((g2, values))) =
+            (names.split_once(':'), values.split_once(':'))
         else {
             continue;
         };
@@ -61,7 +62,10 @@ pub fn parse_counters(text: &str, out: &mut BTreeMap<String, i64>) {
 /// The counters in [`COUNTERS`] now, keyed by their plain name (`ListenOverflows`).
 pub fn read_counters() -> anyhow::Result<BTreeMap<&'static str, i64>> {
     let mut all = BTreeMap::new();
-    for f in ["/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"] {
+    for f in [
+        "/proc/thread-self/net/netstat",
+        "/proc/thread-self/net/snmp",
+    ] {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?;
         parse_counters(&text, &mut all);
     }

@@ -241,7 +241,10 @@ pub struct Replay<R: Read> {
 impl Replay<BufReader<File>> {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        Replay::new(BufReader::with_capacity(1 << 20, f), &path.display().to_string())
+        Replay::new(
+            BufReader::with_capacity(1 << 20, f),
+            &path.display().to_string(),
+        )
     }
 }
 
@@ -319,7 +322,8 @@ impl<R: Read> Replay<R> {
                 return Ok(None);
             };
             let at = self.offset - RAW_EVENT_SIZE as u64;
-            let corrupt = |what: &str| anyhow!("{}: corrupt {what} record at offset {at}", self.name);
+            let corrupt =
+                |what: &str| anyhow!("{}: corrupt {what} record at offset {at}", self.name);
             match raw.kind {
                 DIAG_SOCKET | COUNTER | SYSCTL => {
                     let snap = self.partial.get_or_insert_with(|| Snapshot {
@@ -338,8 +342,8 @@ impl<R: Read> Replay<R> {
                                 ..raw
                             })
                             .map_err(|_| corrupt("socket"))?;
-                            let state =
-                                TcpState::from_kernel(raw.oldstate).ok_or_else(|| corrupt("socket"))?;
+                            let state = TcpState::from_kernel(raw.oldstate)
+                                .ok_or_else(|| corrupt("socket"))?;
                             snap.sockets.push(DiagSocket {
                                 state,
                                 local: addrs.local,
@@ -443,7 +447,11 @@ impl<R: Read> Replay<R> {
             });
             let mut extra = [0u8; 1];
             if read_full(&mut self.input, &mut extra)? != 0 {
-                bail!("{}: data after the trailer at offset {}", self.name, self.offset);
+                bail!(
+                    "{}: data after the trailer at offset {}",
+                    self.name,
+                    self.offset
+                );
             }
             return Ok(None);
         }
@@ -597,9 +605,18 @@ mod tests {
     #[test]
     fn damage_is_reported_with_its_offset() {
         let bytes = recording(&sample(3));
-        let e = read_all(&bytes[..HEADER_SIZE + 100]).err().unwrap().to_string();
-        assert!(e.contains("offset 160") && e.contains("inside a record"), "{e}");
-        let e = read_all(&bytes[..HEADER_SIZE + 2 * RAW_EVENT_SIZE]).err().unwrap().to_string();
+        let e = read_all(&bytes[..HEADER_SIZE + 100])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("offset 160") && e.contains("inside a record"),
+            "{e}"
+        );
+        let e = read_all(&bytes[..HEADER_SIZE + 2 * RAW_EVENT_SIZE])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("offset 256") && e.contains("no trailer"), "{e}");
         let mut bad = bytes.clone();
         bad[HEADER_SIZE + RAW_EVENT_SIZE + 93] = 77; // kind byte of the second record

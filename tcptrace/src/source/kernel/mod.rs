@@ -179,8 +179,13 @@ impl KernelSource {
             let l = aya_log::EbpfLogger::init(&mut ebpf)
                 .map_err(|e| anyhow!("cannot start aya-log for --debug-bpf: {e}"))?;
             // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
-            let fd = unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
-                .map_err(|e| anyhow!("registering the aya-log buffer with tokio: {}", e.into_parts().1))?;
+            let fd =
+                unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| {
+                    anyhow!(
+                        "registering the aya-log buffer with tokio: {}",
+                        e.into_parts().1
+                    )
+                })?;
             Some(fd)
         } else {
             None
@@ -218,8 +223,14 @@ impl KernelSource {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(KernelSource {
             // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd lives.
-            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                .map_err(|e| anyhow!("registering the ring buffer with tokio: {}", e.into_parts().1))?,
+            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(
+                |e| {
+                    anyhow!(
+                        "registering the ring buffer with tokio: {}",
+                        e.into_parts().1
+                    )
+                },
+            )?,
             counters,
             logger,
             tick,
@@ -335,10 +346,13 @@ fn attach_sock_ops(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 /// Verifier logs run to hundreds of lines: keep the first line and the verifier's verdict.
 fn first_line(text: &str) -> String {
     let first = text.lines().next().unwrap_or_default();
-    let verdict = text
-        .lines()
-        .rev()
-        .find(|l| !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed ") && *l != ")");
+    let verdict = text.lines().rev().find(|l| {
+        !l.is_empty()
+            && !l.starts_with("verification time")
+            && !l.starts_with("stack depth")
+            && !l.starts_with("processed ")
+            && *l != ")"
+    });
     match verdict {
         Some(v) if v != first => format!("{first} ... {v}"),
         _ => first.to_string(),

@@ -43,7 +43,11 @@ fn record_len(f: &TracepointFormat) -> anyhow::Result<u16> {
 }
 
 /// Offsets of the v4/v6 4-tuple fields most `tcp/*` tracepoints share.
-fn tuple(f: &TracepointFormat, extra: Option<u16>, aux: Option<u16>) -> anyhow::Result<TupleOffsets> {
+fn tuple(
+    f: &TracepointFormat,
+    extra: Option<u16>,
+    aux: Option<u16>,
+) -> anyhow::Result<TupleOffsets> {
     Ok(TupleOffsets {
         skaddr: f.require("skaddr", &[8])?,
         extra: opt(extra),
@@ -118,7 +122,10 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
     let sized = |s: &str, path: &str, size: u32| -> anyhow::Result<u32> {
         let m = btf.member(s, path)?;
         if m.size != size {
-            bail!("BTF: struct {s} member {path} is {} bytes, expected {size}: unsupported kernel layout", m.size);
+            bail!(
+                "BTF: struct {s} member {path} is {} bytes, expected {size}: unsupported kernel layout",
+                m.size
+            );
         }
         Ok(m.offset)
     };
@@ -129,11 +136,21 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         skb_dev: sized("sk_buff", "dev", 8)?,
         dev_net: sized("net_device", "nd_net", 8)?,
         // Only the srtt fallback needs these; a kernel without them just lacks that fallback.
-        sock_protocol: btf.member("sock", "sk_protocol").map_or(u32::MAX, |m| m.offset),
-        tcp_srtt_us: btf.member("tcp_sock", "srtt_us").map_or(u32::MAX, |m| m.offset),
+        sock_protocol: btf
+            .member("sock", "sk_protocol")
+            .map_or(u32::MAX, |m| m.offset),
+        tcp_srtt_us: btf
+            .member("tcp_sock", "srtt_us")
+            .map_or(u32::MAX, |m| m.offset),
         sock_family: sized("sock", "__sk_common.skc_family", 2)?,
         sock_num: sized("sock", "__sk_common.skc_num", 2)?,
         sock_ops_sk: sized("bpf_sock_ops_kern", "sk", 8)?,
+        // Queue lengths at SYN arrival are a bonus: a kernel without these members (u32::MAX)
+        // just reports none.
+        req_listener: sized("request_sock", "__req_common.skc_listener", 8).unwrap_or(u32::MAX),
+        sock_ack_backlog: sized("sock", "sk_ack_backlog", 4).unwrap_or(u32::MAX),
+        icsk_syn_qlen: sized("inet_connection_sock", "icsk_accept_queue.qlen", 4)
+            .unwrap_or(u32::MAX),
         _pad: 0,
     })
     .context("reading struct layouts from /sys/kernel/btf/vmlinux")
