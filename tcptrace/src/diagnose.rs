@@ -236,28 +236,24 @@ impl Health {
             let key = (s.netns, d.local);
             present.insert(key);
             let drops = d.drops.unwrap_or(0);
-            let l = self.listeners.entry(key).or_insert(ListenerState {
+            let fresh = |drops_base| ListenerState {
                 inode: d.inode,
                 limit: d.send_q,
                 queue_len: 0,
                 queue_peak: 0,
-                // A listener already there at the first poll: count drops from now on. One that
-                // appeared later was created during the run: all its drops count.
-                drops_base: if first { drops } else { 0 },
+                drops_base,
                 drops_now: drops,
                 times_full: 0,
-            });
+            };
+            // A listener already there at the first poll: count drops from now on. One that
+            // appeared later was created during the run: all its drops count.
+            let l = self
+                .listeners
+                .entry(key)
+                .or_insert_with(|| fresh(if first { drops } else { 0 }));
             if l.inode != d.inode {
                 // Same address, new socket.
-                *l = ListenerState {
-                    inode: d.inode,
-                    limit: d.send_q,
-                    queue_len: 0,
-                    queue_peak: 0,
-                    drops_base: 0,
-                    drops_now: drops,
-                    times_full: 0,
-                };
+                *l = fresh(0);
             }
             l.limit = d.send_q;
             l.queue_len = d.recv_q;

@@ -139,6 +139,20 @@ impl Hist {
     }
 }
 
+/// COUNT P50 P90 P99 P99.9 MAX as right-aligned columns (the live view and `report`).
+pub fn percentile_columns(h: &Hist) -> String {
+    let s = h.summary();
+    format!(
+        "{:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        s.count,
+        human_us(s.p50_us),
+        human_us(s.p90_us),
+        human_us(s.p99_us),
+        human_us(s.p999_us),
+        human_us(s.max_us)
+    )
+}
+
 /// `1.23ms`, `850µs`, `2.1s`: short human durations for the live view.
 pub fn human_us(us: Option<u64>) -> String {
     match us {

@@ -16,7 +16,7 @@ use hdrhistogram::{
     },
 };
 
-use crate::hist::{Hist, human_us};
+use crate::hist::{Hist, percentile_columns};
 
 /// A bound of the time range: absolute (RFC 3339) or an offset from each log's start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,21 +123,11 @@ pub fn run(
 
 pub fn render(m: &Merged) -> String {
     let mut out = format!(
-        "{} log(s), {} interval histograms merged\n{:<36} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+        "{} log(s), {} interval histograms merged\n{:<36} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
         m.files, m.intervals, "METRIC", "COUNT", "P50", "P90", "P99", "P99.9", "MAX"
     );
     for (tag, h) in &m.by_tag {
-        let s = h.summary();
-        out.push_str(&format!(
-            "{:<36} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-            tag,
-            s.count,
-            human_us(s.p50_us),
-            human_us(s.p90_us),
-            human_us(s.p99_us),
-            human_us(s.p999_us),
-            human_us(s.max_us)
-        ));
+        out.push_str(&format!("{tag:<36} {}\n", percentile_columns(h)));
     }
     if m.by_tag.is_empty() {
         out.push_str("(no intervals in the chosen range)\n");

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::{
     aggregate::Aggregator,
     diagnose::Health,
-    hist::{Hist, human_us},
+    hist::{Hist, percentile_columns},
     sink::summary::SourceTotals,
 };
 
@@ -19,18 +19,7 @@ pub struct Previous {
 }
 
 fn row(out: &mut String, name: &str, h: &Hist) {
-    let s = h.summary();
-    let _ = writeln!(
-        out,
-        "  {:<18} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        name,
-        s.count,
-        human_us(s.p50_us),
-        human_us(s.p90_us),
-        human_us(s.p99_us),
-        human_us(s.p999_us),
-        human_us(s.max_us)
-    );
+    let _ = writeln!(out, "  {:<18} {}", name, percentile_columns(h));
 }
 
 /// Renders one frame. `elapsed_s` is the time since tracing started.
