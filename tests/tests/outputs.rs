@@ -561,8 +561,8 @@ fn watch_prints_plain_frames_when_not_a_tty() {
     let ctx = format!("last frame:\n{}\nsummary:\n{sum:#}", last.join("\n"));
     let hs = frame_table(last, "HANDSHAKE");
     assert_eq!(row_count(&hs, "active"), Some(1), "{ctx}");
-    // The row is `passive` (README: `passive/sock_ops`); `passive(srtt)` would be the fallback.
-    let passive = row_count(&hs, "passive").or_else(|| row_count(&hs, "passive/sock_ops"));
+    // The row names the method: `passive(sock_ops)`, or `passive(srtt)` for the fallback.
+    let passive = row_count(&hs, "passive(sock_ops)").or_else(|| row_count(&hs, "passive(srtt)"));
     assert_eq!(passive, Some(1), "{ctx}");
     let tis = frame_table(last, "TIME IN STATE");
     let dwell = sum["dwell"].as_object().expect("dwell object");
