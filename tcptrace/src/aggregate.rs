@@ -199,6 +199,11 @@ impl Aggregator {
         &self.table
     }
 
+    /// A gap in the stream: see [`Table::gap`].
+    pub fn gap(&mut self) {
+        self.table.gap();
+    }
+
     pub fn table_stats(&self) -> TableStats {
         self.table.stats()
     }

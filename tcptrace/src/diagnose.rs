@@ -191,6 +191,12 @@ impl Health {
         }
     }
 
+    /// Events were lost: CLOSE_WAIT entry times from the stream may belong to sockets whose
+    /// close went missing, so later ages are lower bounds from the polls instead.
+    pub fn gap(&mut self) {
+        self.cw_entered.clear();
+    }
+
     pub fn set_owner(&mut self, inode: u32, p: ProcessInfo) {
         self.owners.insert(inode, p);
     }

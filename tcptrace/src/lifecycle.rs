@@ -40,6 +40,9 @@ pub struct Life {
     /// Retransmits and resets seen on this life, by kind.
     pub retransmits: u32,
     pub last_activity_ns: u64,
+    /// The table's gap epoch when `since_ns` was set: after a gap in the stream (lost events)
+    /// the time a socket entered its state is no longer trusted.
+    pub epoch: u32,
 }
 
 /// What applying one event did.
@@ -65,6 +68,8 @@ pub struct TableStats {
     pub mismatched: u64,
     /// Events whose timestamp was earlier than the previous one on the same socket.
     pub out_of_order: u64,
+    /// Gaps in the stream (lost events), across which no duration is measured.
+    pub gaps: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +77,7 @@ pub struct Table {
     map: HashMap<u64, Life>,
     cap: usize,
     stats: TableStats,
+    epoch: u32,
 }
 
 /// Transitions that always run in the context of the process that owns the socket: connect(),
@@ -100,7 +106,16 @@ impl Table {
             map: HashMap::with_capacity_and_hasher(cap.min(1 << 16), Default::default()),
             cap: cap.max(8),
             stats: TableStats::default(),
+            epoch: 0,
         }
+    }
+
+    /// Events were lost here: a socket whose transitions went missing may look continuous
+    /// (an address reused by a new socket in the same state), so no dwell is measured across
+    /// the gap. O(1): lives from an older epoch count as first seen.
+    pub fn gap(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.stats.gaps += 1;
     }
 
     pub fn len(&self) -> usize {
@@ -170,7 +185,8 @@ impl Table {
             _ => self.fresh(ev, old, new),
         };
         let continuing = existing.is_some_and(|l| l.first_ns == life.first_ns);
-        let dwell_ns = if continuing && life.since_known {
+        let trusted = life.since_known && life.epoch == self.epoch;
+        let dwell_ns = if continuing && trusted {
             Some(match ev.ts_ns.checked_sub(life.since_ns) {
                 Some(d) => d,
                 None => {
@@ -192,6 +208,7 @@ impl Table {
         }
         life.state = new;
         life.since_known = true;
+        life.epoch = self.epoch;
         life.last_activity_ns = life.since_ns;
 
         if new == TcpState::Close {
@@ -227,6 +244,7 @@ impl Table {
             owner: None,
             retransmits: 0,
             last_activity_ns: ev.ts_ns,
+            epoch: self.epoch,
         }
     }
 
@@ -341,6 +359,20 @@ mod tests {
         assert_eq!(t.stats().out_of_order, 1);
         let o = t.apply(&st(1_500, 3, Established, FinWait1, 1));
         assert_eq!(o.dwell_ns, Some(500), "since stays at the later timestamp");
+    }
+
+    #[test]
+    fn no_duration_across_a_gap() {
+        let mut t = Table::new(100);
+        t.apply(&st(0, 8, Close, SynSent, 1));
+        t.apply(&st(10, 8, SynSent, Established, 0));
+        t.gap();
+        // The same address, the same state: maybe the same socket, maybe a new one.
+        let o = t.apply(&st(5_000, 8, Established, FinWait1, 1));
+        assert_eq!(o.dwell_ns, None);
+        let o = t.apply(&st(5_100, 8, FinWait1, FinWait2, 0));
+        assert_eq!(o.dwell_ns, Some(100), "measured again after the gap");
+        assert_eq!(t.stats().gaps, 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tcptrace::{
     filter::{Family, Filter, parse_netns},
     pipeline::{Outputs, Pipeline},
     privileges, report,
-    run::{Flow, run_live},
+    run::{Flow, StopSignals, run_live},
     sink::{
         WallClock,
         events::{EventsSink, Format},
@@ -29,6 +29,11 @@ use tcptrace::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.common.user.is_some() {
+        // Before any thread exists, so every thread has it (--user drops the rest later).
+        // SAFETY: plain prctl.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    }
     if cli.common.debug_bpf {
         env_logger::Builder::new()
             .filter_level(log::LevelFilter::Debug)
@@ -118,6 +123,8 @@ fn stdout() -> Stdout {
 
 /// `events` (with `args`) or `watch` (without) on the live kernel.
 async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<()> {
+    // From here on, SIGINT/SIGTERM end the run cleanly whenever they come.
+    let mut signals = StopSignals::install()?;
     // Everything that can fail on bad input fails before any probe is attached.
     let filter_cfg = agg_config(common, PassiveMethod::SockOps)?;
     let targets = poll_targets(common, filter_cfg.filter.netns)?;
@@ -174,10 +181,12 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     let pipe = std::cell::RefCell::new(pipe);
     let stats = run_live(
         &mut src,
+        &mut signals,
         common.duration,
         common.interval,
-        |batch| {
+        |batch, lost| {
             let mut p = pipe.borrow_mut();
+            p.gap(lost)?;
             while let Ok(snaps) = poll.rx.try_recv() {
                 let snaps = match snaps {
                     Ok(s) => s,
@@ -201,7 +210,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         |stats| {
             let p = pipe.borrow();
             let mut totals = p.totals;
-            totals.lost = stats.kernel.lost;
+            totals.lost = stats.kernel.total_lost();
             totals.undecodable = stats.undecodable;
             if let Some(m) = &metrics {
                 let snap = prometheus::MetricsSnapshot::build(
@@ -251,7 +260,11 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         Err(e) => eprintln!("tcptrace: warning: final socket snapshot failed: {e:#}"),
     }
     let shown = pipe.shown;
-    let summary = pipe.finish(monotonic_now_ns(), stats.kernel.lost, stats.undecodable)?;
+    let summary = pipe.finish(
+        monotonic_now_ns(),
+        stats.kernel.total_lost(),
+        stats.undecodable,
+    )?;
     closing_line(&summary, args.is_some().then_some(shown));
     Ok(())
 }
@@ -259,7 +272,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
 fn closing_line(s: &Summary, shown: Option<u64>) {
     let shown = shown.map_or(String::new(), |n| format!("{n} shown, "));
     eprintln!(
-        "tcptrace: {} events received, {shown}{} lost (ring buffer full), {} undecodable, {} sockets evicted, {:.1}s",
+        "tcptrace: {} events received, {shown}{} lost (ring buffer full or skipped by the kernel), {} undecodable, {} sockets evicted, {:.1}s",
         s.events.received, s.events.lost, s.events.undecodable, s.sockets.evicted, s.duration_s
     );
 }
@@ -298,6 +311,7 @@ fn replay(common: &CommonArgs, args: &ReplayArgs) -> anyhow::Result<()> {
                 }
             }
             Some(Item::Owner(inode, p)) => pipe.owner(inode, p),
+            Some(Item::Gap(n)) => pipe.gap(n)?,
         }
     }
     let trailer = rec.trailer().unwrap_or_default();

@@ -142,6 +142,20 @@ impl<W: Write> Pipeline<W> {
         Ok(())
     }
 
+    /// `lost` events went missing just before this point of the stream: no duration is measured
+    /// across it (and the recording marks it, so a replay does the same).
+    pub fn gap(&mut self, lost: u64) -> anyhow::Result<()> {
+        if lost == 0 {
+            return Ok(());
+        }
+        self.agg.gap();
+        self.health.gap();
+        if let Some(r) = &mut self.out.record {
+            r.write_gap(lost)?;
+        }
+        Ok(())
+    }
+
     /// Feeds a batch; `Flow::Stop` when the event output went away (closed pipe).
     pub fn batch(&mut self, batch: &[Event]) -> anyhow::Result<Flow> {
         self.totals.received += batch.len() as u64;

@@ -1,11 +1,12 @@
 //! The live loop shared by every mode: wait for the kernel, drain, hand batches to a consumer,
 //! stop cleanly on Ctrl-C, SIGTERM or `--duration`, and make losses visible.
-use std::time::{Duration, Instant};
-
-use std::io::{self, ErrorKind};
+use std::{
+    io::{self, ErrorKind},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     event::{DecodeError, Event},
@@ -28,47 +29,63 @@ pub enum Flow {
     Stop,
 }
 
-/// Resolves when the run should end.
-async fn stop_requested(duration: Option<Duration>) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let timer = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = timer => {}
-    }
-    Ok(())
+/// SIGINT and SIGTERM handlers. Installed before anything is attached, so a signal that comes
+/// at any moment ends the run cleanly (outputs complete) instead of killing the process.
+pub struct StopSignals {
+    term: Signal,
+    int: Signal,
 }
 
-/// Runs until stopped. `consume` gets every batch (possibly empty) in arrival order; `tick` is
-/// called about once a second with the stats so far (for live views and loss warnings).
+impl StopSignals {
+    pub fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// Resolves when a signal came or `duration` passed.
+    async fn wait(&mut self, duration: Option<Duration>) {
+        let timer = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+            _ = timer => {}
+        }
+    }
+}
+
+/// Runs until stopped. `consume` gets every batch (possibly empty) in arrival order, with the
+/// number of events lost since the previous batch (a gap: durations across it are unknown);
+/// `tick` is called every `tick_every` with the stats so far.
 pub async fn run_live(
     src: &mut KernelSource,
+    signals: &mut StopSignals,
     duration: Option<Duration>,
     tick_every: Duration,
-    mut consume: impl FnMut(&[Event]) -> anyhow::Result<Flow>,
+    mut consume: impl FnMut(&[Event], u64) -> anyhow::Result<Flow>,
     mut tick: impl FnMut(&RunStats) -> anyhow::Result<()>,
 ) -> anyhow::Result<RunStats> {
     let started = Instant::now();
-    let stop = stop_requested(duration);
+    let stop = signals.wait(duration);
     tokio::pin!(stop);
     let mut stats = RunStats::default();
     let mut batch = Vec::with_capacity(1 << 14);
     let mut bad: Vec<DecodeError> = Vec::new();
     let mut last_tick = Instant::now();
-    let mut last_lost = 0;
+    let mut warned_lost = 0;
+    let mut seen_lost = 0;
     let mut stopping = false;
     loop {
         if !stopping {
             tokio::select! {
                 biased;
-                r = &mut stop => { r?; stopping = true; }
+                () = &mut stop => { stopping = true; }
                 r = src.wait() => r?,
             }
         }
@@ -83,17 +100,21 @@ pub async fn run_live(
                 bad.len()
             );
         }
-        let flow = consume(&batch)?;
+        // Losses are checked at every drain, so a gap is known right where it happened.
+        stats.kernel = src.counters();
+        let lost_now = stats.kernel.total_lost();
+        let gap = lost_now.saturating_sub(seen_lost);
+        seen_lost = lost_now;
+        let flow = consume(&batch, gap)?;
         if last_tick.elapsed() >= tick_every || stopping {
             last_tick = Instant::now();
-            stats.kernel = src.counters();
             stats.elapsed = started.elapsed();
-            if stats.kernel.lost > last_lost {
+            if lost_now > warned_lost {
                 eprintln!(
-                    "tcptrace: warning: {} events lost so far: the ring buffer was full (raise --ring-size)",
-                    stats.kernel.lost
+                    "tcptrace: warning: {} events lost so far ({} with the ring buffer full: raise --ring-size; {} skipped by the kernel while another BPF program ran)",
+                    lost_now, stats.kernel.lost, stats.kernel.missed
                 );
-                last_lost = stats.kernel.lost;
+                warned_lost = lost_now;
             }
             tick(&stats)?;
         }

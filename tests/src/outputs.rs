@@ -93,7 +93,7 @@ pub fn show(what: &str, f: &Finished) -> String {
 }
 
 /// The closing line every mode prints on stderr:
-/// `tcptrace: N events received, [M shown, ]L lost (ring buffer full), U undecodable,
+/// `tcptrace: N events received, [M shown, ]L lost (ring buffer full or skipped by the kernel), U undecodable,
 /// E sockets evicted, Ts` ("shown" only in `events` mode).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Closing {
@@ -117,7 +117,7 @@ pub fn parse_closing(line: &str) -> Option<Closing> {
     Some(Closing {
         received: num(parts[0], " events received")?,
         shown,
-        lost: num(tail[0], " lost (ring buffer full)")?,
+        lost: num(tail[0], " lost (ring buffer full or skipped by the kernel)")?,
         undecodable: num(tail[1], " undecodable")?,
         evicted: num(tail[2], " sockets evicted")?,
         secs: tail[3].strip_suffix('s')?.parse().ok()?,
@@ -534,13 +534,13 @@ mod tests {
     #[test]
     fn closing_lines() {
         let c = parse_closing(
-            "tcptrace: 4 events received, 0 lost (ring buffer full), 1 undecodable, 2 sockets evicted, 4.0s",
+            "tcptrace: 4 events received, 0 lost (ring buffer full or skipped by the kernel), 1 undecodable, 2 sockets evicted, 4.0s",
         )
         .unwrap();
         assert_eq!(c.shown, None);
         assert_eq!((c.received, c.lost, c.undecodable, c.evicted), (4, 0, 1, 2));
         let c = parse_closing(
-            "tcptrace: 4 events received, 3 shown, 0 lost (ring buffer full), 1 undecodable, 2 sockets evicted, 4.0s",
+            "tcptrace: 4 events received, 3 shown, 0 lost (ring buffer full or skipped by the kernel), 1 undecodable, 2 sockets evicted, 4.0s",
         )
         .unwrap();
         assert_eq!(c.shown, Some(3));

@@ -296,7 +296,7 @@ impl TracerOutput {
     }
 }
 
-/// `tcptrace: N events received, M shown, L lost (ring buffer full), U undecodable,
+/// `tcptrace: N events received, M shown, L lost (ring buffer full or skipped by the kernel), U undecodable,
 /// E sockets evicted, Ts`
 pub fn parse_summary(line: &str) -> Option<Summary> {
     let rest = line.strip_prefix("tcptrace: ")?;
@@ -308,7 +308,7 @@ pub fn parse_summary(line: &str) -> Option<Summary> {
     Some(Summary {
         received: num(parts[0], " events received")?,
         shown: num(parts[1], " shown")?,
-        lost: num(parts[2], " lost (ring buffer full)")?,
+        lost: num(parts[2], " lost (ring buffer full or skipped by the kernel)")?,
         undecodable: num(parts[3], " undecodable")?,
         evicted: num(parts[4], " sockets evicted")?,
         secs: parts[5].strip_suffix('s')?.parse().ok()?,
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn summary_line() {
         let s = parse_summary(
-            "tcptrace: 4 events received, 3 shown, 0 lost (ring buffer full), 1 undecodable, 2 sockets evicted, 4.0s",
+            "tcptrace: 4 events received, 3 shown, 0 lost (ring buffer full or skipped by the kernel), 1 undecodable, 2 sockets evicted, 4.0s",
         )
         .unwrap();
         assert_eq!(

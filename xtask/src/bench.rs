@@ -272,7 +272,7 @@ struct Sample {
     lost: Option<u64>,
 }
 
-/// `tcptrace: N events received, ..., L lost (ring buffer full), ...`
+/// `tcptrace: N events received, ..., L lost (ring buffer full or skipped by the kernel), ...`
 fn parse_summary(stderr: &str) -> (u64, Option<u64>) {
     let Some(line) = stderr.lines().rev().find(|l| l.contains("events received")) else {
         return (0, None);
@@ -469,10 +469,9 @@ mod tests {
 
     #[test]
     fn reads_the_tracer_summary() {
-        let err = "tcptrace: attached 6 programs\ntcptrace: 1234 events received, 5 lost (ring buffer full), 0 undecodable, 0 sockets evicted, 10.0s\n";
+        let err = "tcptrace: attached 6 programs\ntcptrace: 1234 events received, 5 lost (ring buffer full or skipped by the kernel), 0 undecodable, 0 sockets evicted, 10.0s\n";
         assert_eq!(parse_summary(err), (1234, Some(5)));
-        let err =
-            "tcptrace: 99 events received, 99 shown, 0 lost (ring buffer full), 0 undecodable";
+        let err = "tcptrace: 99 events received, 99 shown, 0 lost (ring buffer full or skipped by the kernel), 0 undecodable";
         assert_eq!(parse_summary(err), (99, Some(0)));
         assert_eq!(parse_summary("nothing"), (0, None));
     }

@@ -15,6 +15,7 @@
 //!   it dumped TIME_WAIT sockets);
 //! - socket owners as resolved live, kind 250: `skaddr` = inode, `tgid` = pid, `comm`, and the
 //!   cgroup path in 32-byte pieces in `saddr`+`daddr` (`aux32` = piece index, `aux` = pieces);
+//! - gaps where events were lost, kind 249: `aux` = how many;
 //! - a 96-byte trailer: a record whose kind byte (offset 93) is 255, with `ts_ns` = end of
 //!   tracing, `skaddr` = events lost in the kernel, `aux` = undecodable records.
 //!
@@ -45,6 +46,7 @@ const COUNTER: u8 = 253;
 const SYSCTL: u8 = 252;
 const SNAPSHOT_END: u8 = 251;
 const OWNER: u8 = 250;
+const GAP: u8 = 249;
 
 /// What a recording holds, in order.
 #[derive(Clone, Debug)]
@@ -53,6 +55,8 @@ pub enum Item {
     Snapshot(Snapshot),
     /// A socket inode's owner, as the live run resolved it.
     Owner(u32, ProcessInfo),
+    /// Events were lost here (how many).
+    Gap(u64),
 }
 
 fn blank(kind: u8, ts_ns: u64, netns: u32) -> RawEvent {
@@ -188,6 +192,14 @@ impl Recorder {
         Ok(())
     }
 
+    pub fn write_gap(&mut self, lost: u64) -> anyhow::Result<()> {
+        let mut r = blank(GAP, 0, 0);
+        r.aux = lost;
+        self.out
+            .write_all(&raw_bytes(&r))
+            .with_context(|| format!("writing {}", self.path))
+    }
+
     pub fn write_owner(&mut self, inode: u32, p: &ProcessInfo) -> anyhow::Result<()> {
         let cg = p.cgroup.as_deref().map(str::as_bytes);
         let chunks: Vec<&[u8]> = match cg {
@@ -310,7 +322,7 @@ impl<R: Read> Replay<R> {
             match self.next_item()? {
                 None => return Ok(None),
                 Some(Item::Event(e)) => return Ok(Some(e)),
-                Some(Item::Snapshot(_) | Item::Owner(..)) => {}
+                Some(Item::Snapshot(_) | Item::Owner(..) | Item::Gap(_)) => {}
             }
         }
     }
@@ -374,6 +386,7 @@ impl<R: Read> Replay<R> {
                         }
                     }
                 }
+                GAP => return Ok(Some(Item::Gap(raw.aux))),
                 OWNER => {
                     if raw.aux32 == 0 {
                         self.owner_text.clear();
@@ -552,7 +565,7 @@ mod tests {
             match item {
                 Item::Snapshot(s) => snaps.push(s),
                 Item::Owner(i, p) => owners.push((i, p)),
-                Item::Event(_) => {}
+                Item::Event(_) | Item::Gap(_) => {}
             }
         }
         assert_eq!(owners.len(), 1);

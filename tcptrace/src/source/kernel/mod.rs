@@ -9,7 +9,10 @@ pub mod btf;
 mod offsets;
 pub mod tracefs;
 
-use std::{os::fd::AsRawFd as _, time::Duration};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::Duration,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -85,6 +88,8 @@ pub struct KernelSource {
     tick: tokio::time::Interval,
     /// Keeps programs and links alive.
     _ebpf: Ebpf,
+    /// The attached programs' fds, for their recursion-miss counts.
+    prog_fds: Vec<i32>,
     pub attached: Vec<&'static str>,
     pub mounted_tracefs: bool,
     /// How passive handshakes are measured on this run, and why if it is the fallback.
@@ -97,8 +102,30 @@ pub struct KernelSource {
 pub struct KernelCounters {
     /// Events dropped because the ring buffer was full.
     pub lost: u64,
+    /// Program runs the kernel skipped because another BPF program was already running on that
+    /// CPU (its recursion guard; `recursion_misses` in the program's fdinfo): events never made.
+    pub missed: u64,
     /// Failed kernel reads (a field left as 0).
     pub read_errors: u64,
+}
+
+impl KernelCounters {
+    /// Every event the kernel saw but tcptrace did not get.
+    pub fn total_lost(&self) -> u64 {
+        self.lost + self.missed
+    }
+}
+
+/// `recursion_misses` of a BPF program, from /proc/self/fdinfo of its fd (Linux >= 5.12).
+fn recursion_misses(fd: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
@@ -219,6 +246,11 @@ impl KernelSource {
             ebpf.take_map("COUNTERS")
                 .ok_or_else(|| anyhow!("kernel object has no COUNTERS map (build problem)"))?,
         )?;
+        let prog_fds = ebpf
+            .programs()
+            .filter(|(name, _)| attached.contains(name))
+            .filter_map(|(_, p)| p.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
+            .collect();
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(KernelSource {
@@ -235,6 +267,7 @@ impl KernelSource {
             logger,
             tick,
             _ebpf: ebpf,
+            prog_fds,
             attached,
             mounted_tracefs,
             passive_method,
@@ -287,6 +320,7 @@ impl KernelSource {
         };
         KernelCounters {
             lost: sum(counter::LOST),
+            missed: self.prog_fds.iter().map(|fd| recursion_misses(*fd)).sum(),
             read_errors: sum(counter::READ_ERRORS),
         }
     }
