@@ -151,7 +151,7 @@ pub fn render(
     if totals.lost > 0 {
         let _ = writeln!(
             out,
-            "WARNING: {} events lost (ring buffer full or skipped by the kernel): raise --ring-size",
+            "WARNING: {} events lost (ring buffer full, or skipped): raise --ring-size",
             totals.lost
         );
     }
