@@ -199,9 +199,13 @@ impl Aggregator {
         &self.table
     }
 
-    /// A gap in the stream: see [`Table::gap`].
+    /// A gap in the stream: see [`Table::gap`]. Waiting SYNs are dropped too: their accepted
+    /// sockets' events may be among the lost ones, and a 4-tuple reused meanwhile would pair
+    /// with the wrong SYN.
     pub fn gap(&mut self) {
         self.table.gap();
+        self.pending.clear();
+        self.pending_synack.clear();
     }
 
     pub fn table_stats(&self) -> TableStats {
@@ -432,6 +436,7 @@ impl Aggregator {
             self.closed += 1;
             if let Some(ended) = &outcome.ended
                 && ended.born_seen
+                && !outcome.across_gap
             {
                 self.lifetime
                     .record_ns(ev.ts_ns.saturating_sub(ended.first_ns));

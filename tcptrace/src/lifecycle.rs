@@ -43,6 +43,8 @@ pub struct Life {
     /// The table's gap epoch when `since_ns` was set: after a gap in the stream (lost events)
     /// the time a socket entered its state is no longer trusted.
     pub epoch: u32,
+    /// Some gap fell inside this life: its lifetime is not measured.
+    pub spans_gap: bool,
 }
 
 /// What applying one event did.
@@ -56,6 +58,8 @@ pub struct Outcome {
     pub ended: Option<Life>,
     /// The life as it is after this event (None if it ended or the event has no socket).
     pub life: Option<Life>,
+    /// This life spans a gap in the stream (lost events): its lifetime is unknown.
+    pub across_gap: bool,
 }
 
 /// Counters that make the table's imperfections visible.
@@ -185,6 +189,7 @@ impl Table {
             _ => self.fresh(ev, old, new),
         };
         let continuing = existing.is_some_and(|l| l.first_ns == life.first_ns);
+        let across_gap = continuing && (life.epoch != self.epoch || life.spans_gap);
         let trusted = life.since_known && life.epoch == self.epoch;
         let dwell_ns = if continuing && trusted {
             Some(match ev.ts_ns.checked_sub(life.since_ns) {
@@ -208,6 +213,7 @@ impl Table {
         }
         life.state = new;
         life.since_known = true;
+        life.spans_gap = across_gap;
         life.epoch = self.epoch;
         life.last_activity_ns = life.since_ns;
 
@@ -219,6 +225,7 @@ impl Table {
                 owner: life.owner,
                 ended: Some(life),
                 life: None,
+                across_gap,
             };
         }
         if !continuing {
@@ -230,6 +237,7 @@ impl Table {
             owner: life.owner,
             ended: None,
             life: Some(life),
+            across_gap,
         }
     }
 
@@ -245,6 +253,7 @@ impl Table {
             retransmits: 0,
             last_activity_ns: ev.ts_ns,
             epoch: self.epoch,
+            spans_gap: false,
         }
     }
 
@@ -370,8 +379,11 @@ mod tests {
         // The same address, the same state: maybe the same socket, maybe a new one.
         let o = t.apply(&st(5_000, 8, Established, FinWait1, 1));
         assert_eq!(o.dwell_ns, None);
+        assert!(o.across_gap);
         let o = t.apply(&st(5_100, 8, FinWait1, FinWait2, 0));
         assert_eq!(o.dwell_ns, Some(100), "measured again after the gap");
+        let o = t.apply(&st(5_200, 8, FinWait2, Close, 0));
+        assert!(o.across_gap, "the life still spans the gap: no lifetime");
         assert_eq!(t.stats().gaps, 1);
     }
 
