@@ -153,20 +153,14 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-/// Busy and total jiffies of the whole machine (/proc/stat).
-fn machine_jiffies() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpu: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = cpu.iter().sum();
-    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+/// CPU seconds (user + system) used by this process: the load threads, and the kernel work
+/// done in their context (loopback softirqs, the tracer's BPF programs).
+fn self_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,6 +262,8 @@ fn start_tracer(cfg: Config, tracer: &Path) -> Result<Option<Tracer>> {
 struct Sample {
     rate: f64,
     tracer_cpu: f64,
+    /// CPU of the load generator plus the tracer during the load, % of one core.
+    machine_cpu: f64,
     events: u64,
     lost: Option<u64>,
 }
@@ -295,14 +291,19 @@ fn parse_summary(stderr: &str) -> (u64, Option<u64>) {
 fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Result<Sample> {
     let tracer = start_tracer(cfg, &o.tracer)?;
     let pid = tracer.as_ref().map(|t| t.child.id());
+    // Only the load window counts: not the tracer's start-up (BTF, verifier) nor its exit.
     let cpu0 = pid.and_then(cpu_seconds).unwrap_or(0.0);
+    let load0 = self_cpu_seconds();
     let t0 = Instant::now();
     let n = churn(ns, o.threads, o.seconds, rate)?;
     let secs = t0.elapsed().as_secs_f64();
+    let load1 = self_cpu_seconds();
     let cpu1 = pid.and_then(cpu_seconds).unwrap_or(0.0);
+    let tracer_cpu = (cpu1 - cpu0) / secs * 100.0;
     let mut s = Sample {
         rate: n as f64 / secs,
-        tracer_cpu: (cpu1 - cpu0) / secs * 100.0,
+        tracer_cpu,
+        machine_cpu: (load1 - load0) / secs * 100.0 + tracer_cpu,
         ..Sample::default()
     };
     if let Some(mut t) = tracer {
@@ -422,34 +423,37 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
     }
     if o.fixed_rate > 0 {
         out.push_str(&format!(
-            "\nAt a fixed {} connections/s: machine CPU busy (2 cores = 200 %), tracer CPU, paired with the same round's no-tracer run:\n\n| configuration | machine CPU % median | extra vs none | tracer CPU % | lost events |\n|---|---|---|---|---|\n",
+            "\nAt a fixed {} connections/s: CPU of the load generator (with the kernel work in its context, BPF programs included) plus the tracer, % of one core, paired with the same round's no-tracer run:\n\n| configuration | connections/s | load + tracer CPU % median | extra vs none (% of the 2-core machine) | tracer CPU % | lost events |\n|---|---|---|---|---|---|\n",
             o.fixed_rate
         ));
         let fixed_cfgs = [Config::None, Config::Watch, Config::EventsJson];
         let mut busy: Vec<Vec<(f64, Sample)>> = vec![Vec::new(); fixed_cfgs.len()];
         for _ in 0..o.rounds.min(3) {
             for (i, cfg) in fixed_cfgs.iter().enumerate() {
-                let (b0, t0) = machine_jiffies();
                 let s = measure(*cfg, &ns.path(), o, Some(o.fixed_rate))?;
-                let (b1, t1) = machine_jiffies();
-                let pct = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 200.0;
-                busy[i].push((pct, s));
+                busy[i].push((s.machine_cpu, s));
             }
         }
         let base: Vec<f64> = busy[0].iter().map(|(p, _)| *p).collect();
         for (i, cfg) in fixed_cfgs.iter().enumerate() {
             let mut p: Vec<f64> = busy[i].iter().map(|(p, _)| *p).collect();
-            let mut extra: Vec<f64> = busy[i].iter().zip(&base).map(|((p, _), b)| p - b).collect();
+            let mut extra: Vec<f64> = busy[i]
+                .iter()
+                .zip(&base)
+                .map(|((p, _), b)| (p - b) / 2.0)
+                .collect();
             let mut cpu: Vec<f64> = busy[i].iter().map(|(_, s)| s.tracer_cpu).collect();
             let lost: Option<u64> = busy[i].iter().map(|(_, s)| s.lost).sum();
+            let mut r: Vec<f64> = busy[i].iter().map(|(_, s)| s.rate).collect();
             out.push_str(&format!(
-                "| {} | {:.1} | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.1} | {} | {} | {} |\n",
                 cfg.name(),
+                median(&mut r),
                 median(&mut p),
                 if *cfg == Config::None {
                     "-".into()
                 } else {
-                    format!("{:+.1} points", median(&mut extra))
+                    format!("{:+.2} %", median(&mut extra))
                 },
                 if *cfg == Config::None {
                     "-".into()
