@@ -147,6 +147,9 @@ pub struct Aggregator {
     pub retransmits: Retransmits,
     /// SYN-ACK retransmits by listening port (bounded by `max_ports`).
     pub synack_by_port: BTreeMap<u16, u64>,
+    /// SYN retransmits by destination (bounded by `max_ports`): on the client side, the
+    /// symptom of a remote listener that overflows or drops SYNs.
+    pub syn_retransmits_by_destination: BTreeMap<SocketAddr, u64>,
     pub resets_sent: BTreeMap<&'static str, u64>,
     pub resets_received: BTreeMap<&'static str, u64>,
     pending: HashMap<(u64, SocketAddr, SocketAddr), PendingSyn>,
@@ -182,6 +185,7 @@ impl Aggregator {
             closed: 0,
             retransmits: Retransmits::default(),
             synack_by_port: BTreeMap::new(),
+            syn_retransmits_by_destination: BTreeMap::new(),
             resets_sent: BTreeMap::new(),
             resets_received: BTreeMap::new(),
             pending: HashMap::default(),
@@ -284,6 +288,14 @@ impl Aggregator {
                 use TcpState::*;
                 let r = &mut self.retransmits;
                 r.total += 1;
+                if state == Some(SynSent) {
+                    let d = &mut self.syn_retransmits_by_destination;
+                    if d.contains_key(&ev.remote) || d.len() < self.cfg.max_ports {
+                        *d.entry(ev.remote).or_default() += 1;
+                    } else {
+                        self.ports_overflow += 1;
+                    }
+                }
                 match state {
                     Some(SynSent) => r.syn += 1,
                     Some(SynRecv | NewSynRecv) => r.synack += 1,
@@ -544,6 +556,10 @@ mod tests {
         assert_close(s.p50_us, 1_003_000);
         assert_eq!(a.retransmits.syn, 3);
         assert_eq!(a.retransmits.total, 3);
+        assert_eq!(
+            a.syn_retransmits_by_destination,
+            BTreeMap::from([("10.0.0.2:80".parse().unwrap(), 3)])
+        );
         assert_eq!(
             a.active_by_syn_retransmits,
             BTreeMap::from([(0, 1), (1, 1), (2, 1)])

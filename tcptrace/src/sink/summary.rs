@@ -92,6 +92,8 @@ pub struct Summary {
     pub close_wait_leaks_by_process: Vec<LeaksByProcess>,
     pub time_wait: TimeWait,
     pub fin_wait2_timeouts: u64,
+    /// Destinations whose SYNs were retransmitted, most first.
+    pub syn_retransmits_by_destination: Vec<crate::diagnose::RemoteCount>,
     /// Resets sent and received, by the state they happened in (`NO_SOCKET`: sent for a
     /// segment that matched no socket).
     pub resets_by_state: BTreeMap<&'static str, u64>,
@@ -247,6 +249,7 @@ impl Summary {
             close_wait_leaks_by_process: by_process,
             time_wait,
             fin_wait2_timeouts: health.fin_wait2_timeouts,
+            syn_retransmits_by_destination: syn_destinations(agg),
             resets_by_state,
             kernel_counters: health.counter_deltas(),
             sysctls: health.sysctls.clone(),
@@ -260,6 +263,20 @@ impl Summary {
         s.push('\n');
         s
     }
+}
+
+fn syn_destinations(agg: &Aggregator) -> Vec<crate::diagnose::RemoteCount> {
+    let mut v: Vec<crate::diagnose::RemoteCount> = agg
+        .syn_retransmits_by_destination
+        .iter()
+        .map(|(a, n)| crate::diagnose::RemoteCount {
+            raddr: a.ip().to_string(),
+            rport: a.port(),
+            count: *n,
+        })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count));
+    v
 }
 
 /// The findings in plain words, each naming the socket or process, the number, and the knob or
@@ -314,9 +331,15 @@ fn diagnosis(
         ));
     }
     if agg.retransmits.syn > 0 {
+        let worst: Vec<String> = syn_destinations(agg)
+            .iter()
+            .take(3)
+            .map(|d| format!("{}:{} ({})", d.raddr, d.rport, d.count))
+            .collect();
         out.push(format!(
-            "{} SYNs retransmitted: destinations are slow to answer or drop SYNs (a full accept queue there, a firewall, or loss); each costs >= 1 s",
-            agg.retransmits.syn
+            "{} SYNs retransmitted, most to {}: those destinations are slow to answer or drop SYNs (a full accept queue there, a firewall, or loss); each costs >= 1 s",
+            agg.retransmits.syn,
+            worst.join(", ")
         ));
     }
     for (state, n) in &agg.resets_received {
