@@ -275,7 +275,7 @@ fn syn_destinations(agg: &Aggregator) -> Vec<crate::diagnose::RemoteCount> {
             count: *n,
         })
         .collect();
-    v.sort_by(|a, b| b.count.cmp(&a.count));
+    v.sort_by_key(|d| std::cmp::Reverse(d.count));
     v
 }
 
