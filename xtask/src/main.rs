@@ -421,7 +421,8 @@ impl Ctx {
             step(name, &mut cmd)?;
         }
 
-        let mut cmd = self.cargo("test --release -p tcptrace-tests");
+        // `--tests`: no doc-tests, so the run ends on the last integration test's result line.
+        let mut cmd = self.cargo("test --release -p tcptrace-tests --tests");
         if !is_root() {
             if find_in_path("sudo", env::var_os("PATH")).is_none() {
                 bail!(
