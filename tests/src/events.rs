@@ -43,6 +43,26 @@ pub const KINDS: &[&str] = &[
 pub const EXTRA_KINDS: &[&str] = &["syn_received", "passive_established", "passive_rtt", "leak"];
 
 /// An event of one of the contract's [`KINDS`].
+/// The states of an ordinary client socket, client closing first (kernel-facts.md).
+pub const CLIENT_PATH: [&str; 6] = [
+    "CLOSE",
+    "SYN_SENT",
+    "ESTABLISHED",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "CLOSE",
+];
+
+/// The states of the server's child socket of that connection.
+pub const SERVER_PATH: [&str; 6] = [
+    "LISTEN",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "CLOSE",
+];
+
 pub fn is_core(e: &Value) -> bool {
     KINDS.contains(&e.kind())
 }

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tcptrace_tests::events::{socket_life, state_path, the_one};
+use tcptrace_tests::events::{CLIENT_PATH, SERVER_PATH, socket_life, state_path, the_one};
 use tcptrace_tests::scenario::{
     CLIENT_THREAD, PAYLOAD, SERVER_THREAD, STEP_TIMEOUT, accept_timeout, exchange,
 };
@@ -99,18 +99,7 @@ fn dropped_first_syn_is_one_retransmit() {
         "the SYN retransmit came {rtx_after_ms:.1} ms after the first SYN, expected ~1000; {ctx}"
     );
 
-    assert_eq!(
-        state_path(&client),
-        [
-            "CLOSE",
-            "SYN_SENT",
-            "ESTABLISHED",
-            "FIN_WAIT1",
-            "FIN_WAIT2",
-            "CLOSE"
-        ],
-        "client state path; {ctx}"
-    );
+    assert_eq!(state_path(&client), CLIENT_PATH, "client state path; {ctx}");
     let est = client
         .iter()
         .find(|e| e.is_transition("SYN_SENT", "ESTABLISHED"))
@@ -253,18 +242,7 @@ fn dropped_final_ack_is_one_synack_retransmit() {
         e.is_transition("CLOSE", "SYN_SENT") && e.rport() == Some(PORT as u64)
     });
     let client = socket_life(evs, syn);
-    assert_eq!(
-        state_path(&client),
-        [
-            "CLOSE",
-            "SYN_SENT",
-            "ESTABLISHED",
-            "FIN_WAIT1",
-            "FIN_WAIT2",
-            "CLOSE"
-        ],
-        "client state path; {ctx}"
-    );
+    assert_eq!(state_path(&client), CLIENT_PATH, "client state path; {ctx}");
     let client_est = client
         .iter()
         .find(|e| e.is_transition("SYN_SENT", "ESTABLISHED"))
@@ -275,14 +253,7 @@ fn dropped_final_ack_is_one_synack_retransmit() {
     let server = socket_life(evs, child0);
     assert_eq!(
         state_path(&server),
-        [
-            "LISTEN",
-            "SYN_RECV",
-            "ESTABLISHED",
-            "CLOSE_WAIT",
-            "LAST_ACK",
-            "CLOSE"
-        ],
+        SERVER_PATH,
         "server child state path; {ctx}"
     );
     let gap_ms = (child0.ts_ns() as f64 - client_est.ts_ns() as f64) / 1e6;

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
-use tcptrace_tests::events::{is_core, socket_life, state_path, the_one};
+use tcptrace_tests::events::{CLIENT_PATH, SERVER_PATH, is_core, socket_life, state_path, the_one};
 use tcptrace_tests::scenario::{CLIENT_THREAD, SERVER_THREAD, exchange};
 use tcptrace_tests::{EventExt, Netns, Tracer, describe_all};
 
@@ -50,18 +50,7 @@ fn check(ip: IpAddr, port: u16) {
         syn.skaddr(),
         describe_all(client.iter().copied())
     );
-    assert_eq!(
-        state_path(&client),
-        [
-            "CLOSE",
-            "SYN_SENT",
-            "ESTABLISHED",
-            "FIN_WAIT1",
-            "FIN_WAIT2",
-            "CLOSE"
-        ],
-        "client state path; {ctx}"
-    );
+    assert_eq!(state_path(&client), CLIENT_PATH, "client state path; {ctx}");
     assert!(
         client
             .iter()
@@ -158,14 +147,7 @@ fn check(ip: IpAddr, port: u16) {
     );
     assert_eq!(
         state_path(&server),
-        [
-            "LISTEN",
-            "SYN_RECV",
-            "ESTABLISHED",
-            "CLOSE_WAIT",
-            "LAST_ACK",
-            "CLOSE"
-        ],
+        SERVER_PATH,
         "server child state path; {sctx}"
     );
     assert!(
