@@ -237,10 +237,8 @@ impl Health {
         }
 
         // Listeners.
-        let mut present = HashSet::new();
         for d in s.sockets.iter().filter(|d| d.state == TcpState::Listen) {
             let key = (s.netns, d.local);
-            present.insert(key);
             let drops = d.drops.unwrap_or(0);
             let fresh = |drops_base| ListenerState {
                 inode: d.inode,
@@ -269,8 +267,7 @@ impl Health {
                 l.times_full += 1;
             }
         }
-        // Listeners of this namespace that are gone stay in the report with their last figures.
-        let _ = present;
+        // Listeners that are gone stay in the report with their last figures.
 
         // CLOSE_WAIT.
         let mut now_cw = HashSet::new();

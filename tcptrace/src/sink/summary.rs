@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregator, NO_SOCKET, Retransmits},
+    aggregate::{Aggregator, Retransmits},
     diagnose::{Health, Leak, LeaksByProcess, ListenerReport, TimeWait, reset_meaning},
     hist::HistSummary,
 };
@@ -354,7 +354,6 @@ fn diagnosis(
             reset_meaning(state, false)
         ));
     }
-    let _ = NO_SOCKET;
     out
 }
 

@@ -324,10 +324,6 @@ impl KernelSource {
             read_errors: sum(counter::READ_ERRORS),
         }
     }
-
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
-    }
 }
 
 /// Attaches the passive-handshake probe: sock_ops on the cgroup v2 root, or the tp_btf srtt
