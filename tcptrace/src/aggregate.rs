@@ -119,6 +119,8 @@ pub struct PortStats {
 struct PendingSyn {
     ts_ns: u64,
     synack_retransmits: u32,
+    /// The gap epoch when the SYN arrived.
+    epoch: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +160,8 @@ pub struct Aggregator {
     pub pending_evicted: u64,
     /// Listening ports seen (CLOSE -> LISTEN, or a child of one).
     listen_ports: BTreeMap<u16, ()>,
+    /// Bumped at every gap in the stream.
+    epoch: u32,
 }
 
 /// Name under which resets "in no state" (no socket matched) are counted.
@@ -192,6 +196,7 @@ impl Aggregator {
             pending_synack: HashMap::default(),
             pending_evicted: 0,
             listen_ports: BTreeMap::new(),
+            epoch: 0,
         }
     }
 
@@ -203,13 +208,12 @@ impl Aggregator {
         &self.table
     }
 
-    /// A gap in the stream: see [`Table::gap`]. Waiting SYNs are dropped too: their accepted
-    /// sockets' events may be among the lost ones, and a 4-tuple reused meanwhile would pair
-    /// with the wrong SYN.
+    /// A gap in the stream: see [`Table::gap`]. SYNs already waiting stay (the SYN queue is
+    /// still what it is) but are not measured against: their accepted socket's events may be
+    /// among the lost ones, and a 4-tuple reused meanwhile would pair with the wrong SYN.
     pub fn gap(&mut self) {
         self.table.gap();
-        self.pending.clear();
-        self.pending_synack.clear();
+        self.epoch = self.epoch.wrapping_add(1);
     }
 
     pub fn table_stats(&self) -> TableStats {
@@ -345,7 +349,7 @@ impl Aggregator {
                 }
             }
             EventKind::PassiveEstablished { .. } => {
-                let Some((syn, synack)) = syn else {
+                let Some((syn, synack)) = syn.filter(|(p, _)| p.epoch == self.epoch) else {
                     return;
                 };
                 let retrans = synack + syn.synack_retransmits;
@@ -372,6 +376,7 @@ impl Aggregator {
             PendingSyn {
                 ts_ns: ev.ts_ns,
                 synack_retransmits: 0,
+                epoch: self.epoch,
             },
         );
     }
@@ -750,6 +755,38 @@ mod tests {
         ));
         assert_eq!(a.pending_syns(), 0);
         assert_eq!(a.passive.count(), 0, "filtered out: not measured");
+    }
+
+    #[test]
+    fn no_passive_handshake_across_a_gap() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        let (l, r) = ("10.0.0.2:8080", "10.0.0.1:5555");
+        let syn = EventKind::SynReceived {
+            cookie: 7,
+            accept_queue: 0,
+            syn_queue: 0,
+        };
+        a.apply(&ev(0, 0, syn, l, r));
+        a.gap();
+        assert_eq!(a.pending_syns(), 1, "the SYN queue is still what it is");
+        a.apply(&ev(
+            9 * MS,
+            50,
+            EventKind::PassiveEstablished { cookie: 7 },
+            l,
+            r,
+        ));
+        assert_eq!(a.passive.count(), 0, "not measured across the gap");
+        assert_eq!(a.pending_syns(), 0);
+        a.apply(&ev(10 * MS, 0, syn, l, r));
+        a.apply(&ev(
+            12 * MS,
+            51,
+            EventKind::PassiveEstablished { cookie: 7 },
+            l,
+            r,
+        ));
+        assert_eq!(a.passive.count(), 1, "measured again after it");
     }
 
     #[test]
