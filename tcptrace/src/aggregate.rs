@@ -121,6 +121,8 @@ struct PendingSyn {
     synack_retransmits: u32,
     /// The gap epoch when the SYN arrived.
     epoch: u32,
+    /// Whether the SYN passes the filters (what `pending_syns` reports).
+    matched: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -377,6 +379,7 @@ impl Aggregator {
                 ts_ns: ev.ts_ns,
                 synack_retransmits: 0,
                 epoch: self.epoch,
+                matched: self.cfg.filter.matches_socket(ev.netns, &ev.local, &ev.remote),
             },
         );
     }
@@ -490,8 +493,10 @@ impl Aggregator {
         self.table.len()
     }
 
+    /// SYNs waiting for their accepted socket that pass the filters (the table itself holds
+    /// every namespace's, as bookkeeping).
     pub fn pending_syns(&self) -> usize {
-        self.pending.len()
+        self.pending.values().filter(|p| p.matched).count()
     }
 }
 
