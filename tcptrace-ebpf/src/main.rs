@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcptrace_common::{
-    AF_INET, AF_INET6, Config, IPPROTO_TCP, NONE, Offsets, RECORD_MAX, RawEvent, TupleOffsets,
-    counter, kind,
+    AF_INET, AF_INET6, Config, GAP_BIT, IPPROTO_TCP, NONE, Offsets, RECORD_MAX, RawEvent,
+    TupleOffsets, counter, kind,
 };
 
 /// Overridden by the loader with this kernel's offsets.
@@ -191,6 +191,9 @@ fn sock_netns(sk: u64) -> u32 {
 fn emit<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, sk: u64, fill: impl FnOnce(&mut RawEvent)) {
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         bump(counter::LOST);
+        if let Some(flag) = COUNTERS.get_ptr_mut(counter::GAP_PENDING) {
+            unsafe { *flag = 1 };
+        }
         return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -214,6 +217,13 @@ fn emit<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, sk: u64, fill: impl FnOnce(
     };
     let slot = entry.write(ev);
     fill(slot);
+    // The first event after drops on this CPU says so, at its place in the stream.
+    if let Some(flag) = COUNTERS.get_ptr_mut(counter::GAP_PENDING)
+        && unsafe { *flag } != 0
+    {
+        unsafe { *flag = 0 };
+        slot.family |= GAP_BIT;
+    }
     if global!(CONFIG.debug) != 0 {
         debug!(ctx, "tcptrace: kind {} sk {:x}", kind, sk);
     }

@@ -62,6 +62,7 @@ fn churn() -> Vec<Event> {
                         local: std::net::SocketAddr::from(([127, 0, 0, 1], local)),
                         remote: std::net::SocketAddr::from(([127, 0, 0, 1], remote)),
                         kind: EventKind::State { old, new },
+                        gap: false,
                     });
                 }
             }

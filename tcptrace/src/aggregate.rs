@@ -379,7 +379,10 @@ impl Aggregator {
                 ts_ns: ev.ts_ns,
                 synack_retransmits: 0,
                 epoch: self.epoch,
-                matched: self.cfg.filter.matches_socket(ev.netns, &ev.local, &ev.remote),
+                matched: self
+                    .cfg
+                    .filter
+                    .matches_socket(ev.netns, &ev.local, &ev.remote),
             },
         );
     }
@@ -517,6 +520,7 @@ mod tests {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             kind,
+            gap: false,
         }
     }
 

@@ -703,6 +703,7 @@ mod tests {
                 old: TcpState::Established,
                 new: TcpState::CloseWait,
             },
+            gap: false,
         });
         let cw = sock(
             TcpState::CloseWait,

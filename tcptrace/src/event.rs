@@ -180,6 +180,8 @@ pub struct Event {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub kind: EventKind,
+    /// Events were dropped just before this one (on its CPU): no duration across it.
+    pub gap: bool,
 }
 
 impl Event {
@@ -262,14 +264,16 @@ impl TryFrom<&RawEvent> for Event {
             kind::PASSIVE_RTT => EventKind::PassiveRtt { rtt_us: r.aux32 },
             k => return Err(DecodeError::UnknownKind(k)),
         };
+        let gap = r.family & tcptrace_common::GAP_BIT != 0;
+        let family = r.family & !tcptrace_common::GAP_BIT;
         // A reset sent without a socket may carry no address at all (family 0).
-        let (local, remote) = if r.family == 0 && matches!(kind, EventKind::ResetSent { .. }) {
+        let (local, remote) = if family == 0 && matches!(kind, EventKind::ResetSent { .. }) {
             let unspecified = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
             (unspecified, unspecified)
         } else {
             (
-                addr(r.family, &r.saddr, r.sport)?,
-                addr(r.family, &r.daddr, r.dport)?,
+                addr(family, &r.saddr, r.sport)?,
+                addr(family, &r.daddr, r.dport)?,
             )
         };
         Ok(Event {
@@ -282,6 +286,7 @@ impl TryFrom<&RawEvent> for Event {
             local,
             remote,
             kind,
+            gap,
         })
     }
 }
@@ -358,6 +363,10 @@ impl Event {
                 AF_INET6 as u8
             } else {
                 AF_INET as u8
+            } | if self.gap {
+                tcptrace_common::GAP_BIT
+            } else {
+                0
             },
             kind: k,
             oldstate,

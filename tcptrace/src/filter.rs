@@ -116,6 +116,7 @@ mod tests {
                 old: TcpState::SynSent,
                 new: TcpState::Established,
             },
+            gap: false,
         }
     }
 

@@ -303,6 +303,7 @@ mod tests {
             local: "127.0.0.1:1000".parse().unwrap(),
             remote: "127.0.0.1:80".parse().unwrap(),
             kind: EventKind::State { old, new },
+            gap: false,
         }
     }
 

@@ -167,6 +167,11 @@ impl<W: Write> Pipeline<W> {
             if let Some(h) = &mut self.out.hdr_log {
                 h.advance(&self.agg, ev.ts_ns)?;
             }
+            if ev.gap {
+                // The kernel dropped events right before this one (ring buffer full).
+                self.agg.gap();
+                self.health.gap();
+            }
             self.health.on_event(ev);
             let (outcome, pass) = self.agg.apply(ev);
             if pass && let Some(sink) = &mut self.events {

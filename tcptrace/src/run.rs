@@ -61,7 +61,8 @@ impl StopSignals {
 }
 
 /// Runs until stopped. `consume` gets every batch (possibly empty) in arrival order, with the
-/// number of events lost since the previous batch (a gap: durations across it are unknown);
+/// number of program runs the kernel skipped since the previous batch (a gap: durations across
+/// it are unknown; ring-buffer drops are marked on the events themselves);
 /// `tick` is called every `tick_every` with the stats so far.
 pub async fn run_live(
     src: &mut KernelSource,
@@ -79,7 +80,7 @@ pub async fn run_live(
     let mut bad: Vec<DecodeError> = Vec::new();
     let mut last_tick = Instant::now();
     let mut warned_lost = 0;
-    let mut seen_lost = 0;
+    let mut seen_missed = 0;
     let mut stopping = false;
     loop {
         if !stopping {
@@ -100,11 +101,13 @@ pub async fn run_live(
                 bad.len()
             );
         }
-        // Losses are checked at every drain, so a gap is known right where it happened.
+        // Ring-buffer drops are marked on the next event the CPU writes (its gap bit), right
+        // where they happened. Runs the kernel skipped (recursion guard) leave no mark: they
+        // are checked at every drain instead.
         stats.kernel = src.counters();
         let lost_now = stats.kernel.total_lost();
-        let gap = lost_now.saturating_sub(seen_lost);
-        seen_lost = lost_now;
+        let gap = stats.kernel.missed.saturating_sub(seen_missed);
+        seen_missed = stats.kernel.missed;
         let flow = consume(&batch, gap)?;
         if last_tick.elapsed() >= tick_every || stopping {
             last_tick = Instant::now();

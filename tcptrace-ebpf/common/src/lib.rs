@@ -65,7 +65,8 @@ pub struct RawEvent {
     pub aux32: u32,
     pub sport: u16,
     pub dport: u16,
-    /// `AF_INET` (2) or `AF_INET6` (10).
+    /// `AF_INET` (2) or `AF_INET6` (10); bit [`GAP_BIT`] set when this CPU dropped events (ring
+    /// buffer full) just before this one: durations must not be measured across it.
     pub family: u8,
     /// One of [`kind`].
     pub kind: u8,
@@ -79,6 +80,9 @@ pub const RAW_EVENT_SIZE: usize = core::mem::size_of::<RawEvent>();
 const _: () = assert!(RAW_EVENT_SIZE == 96);
 // Recordings document the kind byte at this offset (tcptrace/src/source/record.rs).
 const _: () = assert!(core::mem::offset_of!(RawEvent, kind) == 93);
+
+/// Set in [`RawEvent::family`] on the first event a CPU writes after it had to drop some.
+pub const GAP_BIT: u8 = 0x80;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -219,7 +223,9 @@ pub mod counter {
     pub const LOST: u32 = 0;
     /// Kernel reads (tracepoint fields, socket fields) that failed; the field was left 0.
     pub const READ_ERRORS: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// 1 while this CPU has dropped events not yet followed by a written one (a gap to flag).
+    pub const GAP_PENDING: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 impl Offsets {

@@ -250,6 +250,7 @@ mod tests {
             local: "127.0.0.1:4000".parse().unwrap(),
             remote: "127.0.0.1:80".parse().unwrap(),
             kind,
+            gap: false,
         }
     }
 

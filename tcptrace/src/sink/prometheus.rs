@@ -360,6 +360,7 @@ mod tests {
             local: "127.0.0.1:5000".parse().unwrap(),
             remote: "127.0.0.1:80".parse().unwrap(),
             kind: EventKind::State { old, new },
+            gap: false,
         };
         agg.apply(&ev(0, TcpState::Close, TcpState::SynSent));
         agg.apply(&ev(2_000_000, TcpState::SynSent, TcpState::Established));

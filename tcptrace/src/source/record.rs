@@ -148,6 +148,7 @@ impl Recorder {
                 local: d.local,
                 remote: d.remote,
                 kind: crate::event::EventKind::ResetReceived { state: None },
+                gap: false,
             }
             .to_raw();
             (r.saddr, r.daddr, r.sport, r.dport, r.family) =
@@ -496,6 +497,7 @@ mod tests {
                     old: TcpState::SynRecv,
                     new: TcpState::Established,
                 },
+                gap: false,
             })
             .collect()
     }
