@@ -42,7 +42,6 @@ pub const KINDS: &[&str] = &[
 /// leave them out.
 pub const EXTRA_KINDS: &[&str] = &["syn_received", "passive_established", "passive_rtt", "leak"];
 
-/// An event of one of the contract's [`KINDS`].
 /// The states of an ordinary client socket, client closing first (kernel-facts.md).
 pub const CLIENT_PATH: [&str; 6] = [
     "CLOSE",
@@ -63,6 +62,7 @@ pub const SERVER_PATH: [&str; 6] = [
     "CLOSE",
 ];
 
+/// An event of one of the contract's [`KINDS`].
 pub fn is_core(e: &Value) -> bool {
     KINDS.contains(&e.kind())
 }

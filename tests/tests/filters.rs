@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tcptrace_tests::cmd::run_with_timeout;
-use tcptrace_tests::events::{socket_life, state_path};
+use tcptrace_tests::events::{CLIENT_PATH, SERVER_PATH, socket_life, state_path};
 use tcptrace_tests::scenario::exchange;
 use tcptrace_tests::{EventExt, Netns, Tracer, TracerOutput, describe_all};
 
@@ -39,25 +39,7 @@ fn assert_has_connection(out: &TracerOutput, netns: u64, port: u16) {
     };
     let c = socket_life(evs, syn);
     let s = socket_life(evs, child);
-    if state_path(&c)
-        != [
-            "CLOSE",
-            "SYN_SENT",
-            "ESTABLISHED",
-            "FIN_WAIT1",
-            "FIN_WAIT2",
-            "CLOSE",
-        ]
-        || state_path(&s)
-            != [
-                "LISTEN",
-                "SYN_RECV",
-                "ESTABLISHED",
-                "CLOSE_WAIT",
-                "LAST_ACK",
-                "CLOSE",
-            ]
-    {
+    if state_path(&c) != CLIENT_PATH || state_path(&s) != SERVER_PATH {
         out.fail(&format!(
             "incomplete connection on port {port} in netns {netns}"
         ));
@@ -208,16 +190,7 @@ fn pid_filter_keeps_own_sockets_only() {
         by_pid.fail("our client's CLOSE->SYN_SENT is missing under --pid");
     };
     let c = socket_life(&by_pid.events, syn);
-    if state_path(&c)
-        != [
-            "CLOSE",
-            "SYN_SENT",
-            "ESTABLISHED",
-            "FIN_WAIT1",
-            "FIN_WAIT2",
-            "CLOSE",
-        ]
-    {
+    if state_path(&c) != CLIENT_PATH {
         by_pid.fail("our client socket's transitions are incomplete under --pid");
     }
 }
