@@ -530,6 +530,15 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    /// A SYN's arrival, with empty listener queues.
+    fn syn(cookie: u64) -> EventKind {
+        EventKind::SynReceived {
+            cookie,
+            accept_queue: 0,
+            syn_queue: 0,
+        }
+    }
+
     /// Within HdrHistogram's 3-significant-digit precision.
     fn assert_close(got: Option<u64>, want: u64) {
         let got = got.expect("a value");
@@ -595,29 +604,9 @@ mod tests {
     fn passive_handshake_from_sock_ops_pairs_by_tuple_and_netns() {
         let mut a = Aggregator::new(AggregatorConfig::default());
         let (l, r) = ("10.0.0.2:8080", "10.0.0.1:5555");
-        a.apply(&ev(
-            0,
-            0,
-            EventKind::SynReceived {
-                cookie: 7,
-                accept_queue: 0,
-                syn_queue: 0,
-            },
-            l,
-            r,
-        ));
+        a.apply(&ev(0, 0, syn(7), l, r));
         // Same tuple in another namespace: must not pair.
-        a.apply(&ev(
-            5 * MS,
-            0,
-            EventKind::SynReceived {
-                cookie: 8,
-                accept_queue: 0,
-                syn_queue: 0,
-            },
-            l,
-            r,
-        ));
+        a.apply(&ev(5 * MS, 0, syn(8), l, r));
         a.apply(&ev(
             1000 * MS,
             99,
@@ -744,17 +733,7 @@ mod tests {
             ..Default::default()
         });
         let (l, r) = ("10.0.0.2:8080", "10.0.0.1:5555");
-        a.apply(&ev(
-            0,
-            0,
-            EventKind::SynReceived {
-                cookie: 7,
-                accept_queue: 0,
-                syn_queue: 0,
-            },
-            l,
-            r,
-        ));
+        a.apply(&ev(0, 0, syn(7), l, r));
         a.apply(&ev(
             5,
             50,
@@ -770,11 +749,7 @@ mod tests {
     fn no_passive_handshake_across_a_gap() {
         let mut a = Aggregator::new(AggregatorConfig::default());
         let (l, r) = ("10.0.0.2:8080", "10.0.0.1:5555");
-        let syn = EventKind::SynReceived {
-            cookie: 7,
-            accept_queue: 0,
-            syn_queue: 0,
-        };
+        let syn = syn(7);
         a.apply(&ev(0, 0, syn, l, r));
         a.gap();
         assert_eq!(a.pending_syns(), 1, "the SYN queue is still what it is");

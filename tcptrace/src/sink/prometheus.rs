@@ -251,9 +251,8 @@ impl Collector for SnapshotCollector {
         for (name, help, values) in &snap.histograms {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for v in values {
-                let fam = m.encode_family(&v.labels)?;
-                let mut fam = fam;
-                fam.encode_histogram::<Labels>(v.sum, v.count, &v.buckets, None)?;
+                m.encode_family(&v.labels)?
+                    .encode_histogram::<Labels>(v.sum, v.count, &v.buckets, None)?;
             }
         }
         for f in &snap.counters {
