@@ -1,8 +1,18 @@
-//! tcptrace's kernel side: five thin tracepoint programs, one ring buffer.
+//! tcptrace's kernel side: thin tracepoint programs, one ring buffer, and an in-kernel
+//! aggregation mode.
 //!
-//! Each program copies what its tracepoint reports into a fixed-size [`RawEvent`] and nothing
-//! more: no maps keyed by socket, no policy. Userspace owns interpretation. Field offsets are not
-//! compiled in: the loader reads them from tracefs and BTF and hands them over in `OFFSETS`.
+//! Streaming mode: each program copies what its tracepoint reports into a fixed-size [`RawEvent`]
+//! and nothing more: no maps keyed by socket, no policy. Userspace owns interpretation.
+//!
+//! Aggregation mode (the default for `watch`): routine state changes never cross to userspace.
+//! `state_agg` (tp_btf, which hands over a typed socket pointer) keeps each socket's state-entry
+//! time in socket-local storage and adds each dwell to a per-CPU log-linear histogram; sock_ops
+//! times passive handshakes through a small table of waiting SYNs. Userspace reads the
+//! histograms every second. Retransmits and resets, which are rare and which the operator wants
+//! one by one, still stream.
+//!
+//! Field offsets are not compiled in: the loader reads them from tracefs and BTF and hands them
+//! over in `OFFSETS`.
 //!
 //! Wake-ups are batched: a record is submitted with `BPF_RB_NO_WAKEUP` unless enough bytes are
 //! waiting (`CONFIG.wakeup_bytes`); the reader also drains on its own short timer. Waking the
@@ -13,21 +23,27 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
+    },
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_probe_read_kernel,
     },
     bindings::{BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RWND_INIT},
-    helpers::generated::bpf_get_netns_cookie,
-    macros::{btf_tracepoint, map, sock_ops, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    helpers::generated::{bpf_get_netns_cookie, bpf_sk_storage_get},
+    macros::{btf_map, btf_tracepoint, map, sock_ops, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, SockOpsContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use tcptrace_common::{
-    AF_INET, AF_INET6, Config, GAP_BIT, IPPROTO_TCP, NONE, Offsets, RECORD_MAX, RawEvent,
-    TupleOffsets, counter, kind,
+    AF_INET, AF_INET6, Config, GAP_BIT, IPPROTO_TCP, MAX_KERNEL_PORTS, NONE, Offsets, RECORD_MAX,
+    RawEvent, TupleOffsets,
+    agg::{self, Buckets, PortKey, SockTimes, SynKey},
+    counter, kind,
 };
 
 /// Overridden by the loader with this kernel's offsets.
@@ -45,6 +61,33 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 /// Per-CPU counters indexed by `tcptrace_common::counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Aggregation mode: each socket's state-entry and birth times, freed with the socket.
+#[btf_map]
+static SOCKS: SkStorage<SockTimes> = SkStorage::new();
+
+/// Aggregation mode: per-CPU histogram rows indexed by `agg::DWELL + state`, `agg::ACTIVE`, ...
+#[map]
+static HISTS: PerCpuArray<Buckets> = PerCpuArray::with_max_entries(agg::ROWS, 0);
+
+/// Aggregation mode: per-port histograms (size set by the loader from `--max-ports`).
+#[map]
+static PORT_HISTS: PerCpuHashMap<PortKey, Buckets> =
+    PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// One zeroed row, the initial value of a new per-port histogram (too big for the stack).
+#[map]
+static ZERO_ROW: PerCpuArray<Buckets> = PerCpuArray::with_max_entries(1, 0);
+
+/// Aggregation mode: SYN arrival times waiting for their accepted socket (size set by the
+/// loader); userspace removes the ones whose handshake never completed.
+#[map]
+static SYNS: HashMap<SynKey, u64> = HashMap::with_max_entries(65536, 0);
+
+/// Aggregation mode, set by the loader after attaching: `SETTINGS[0]` = 1 when passive
+/// handshakes come from the srtt estimate (sock_ops could not attach).
+#[map]
+static SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// `TCP_NEW_SYN_RECV`: the state of a request socket (what a SYN-ACK retransmit belongs to).
 const TCP_NEW_SYN_RECV: u8 = 12;
@@ -410,6 +453,10 @@ pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
     } else {
         0
     };
+    if global!(CONFIG.aggregate) != 0 {
+        sockops_aggregate(&ctx, kind, sk, cookie, family, queues);
+        return 1;
+    }
     emit(&ctx, kind, sk, |ev| {
         ev.aux = cookie;
         ev.aux32 = queues;
@@ -437,6 +484,251 @@ pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
         ev.netns = sock_netns(sk);
     });
     1
+}
+
+/// Aggregation mode, sock_ops: a SYN's arrival waits in `SYNS` (with the listener's queues added
+/// to the port's histograms); the accepted socket's ESTABLISHED takes it out and times the
+/// handshake.
+#[inline(always)]
+fn sockops_aggregate(ctx: &SockOpsContext, kind: u8, sk: u64, cookie: u64, family: u16, queues: u32) {
+    let ops = ctx.ops;
+    let mut key = SynKey {
+        cookie,
+        lport: ctx.local_port() as u16,
+        rport: u16::from_be((ctx.remote_port() >> 16) as u16),
+        family,
+        ..SynKey::default()
+    };
+    if family == AF_INET6 {
+        for i in 0..4 {
+            key.local[i] = unsafe { core::ptr::read_volatile(&raw const (*ops).local_ip6[i]) };
+            key.remote[i] = unsafe { core::ptr::read_volatile(&raw const (*ops).remote_ip6[i]) };
+        }
+    } else {
+        key.local[0] = ctx.local_ip4();
+        key.remote[0] = ctx.remote_ip4();
+    }
+    let mapped = family == AF_INET6 && is_v4_mapped(key.remote[0], key.remote[1], key.remote[2]);
+    if !kernel_filter(family, mapped, key.lport, key.rport, || sock_netns(sk)) {
+        return;
+    }
+    if kind == kind::SYN_RECEIVED {
+        if queues != 0 || sk != 0 {
+            port_hist_add(key.lport, agg::PORT_ACCEPT_QUEUE, u64::from(queues >> 16));
+            port_hist_add(key.lport, agg::PORT_SYN_QUEUE, u64::from(queues & 0xffff));
+        }
+        let now = unsafe { bpf_ktime_get_ns() };
+        // The first SYN's time is kept (a retransmitted SYN finds its entry: EEXIST).
+        if let Err(e) = SYNS.insert(&key, &now, BPF_NOEXIST as u64)
+            && e == -7
+        {
+            bump(counter::PENDING_FULL); // -E2BIG: the table is full
+        }
+        return;
+    }
+    // PASSIVE_ESTABLISHED_CB: `sk` is the accepted socket.
+    let Some(&syn_ns) = (unsafe { SYNS.get(&key) }) else {
+        bump(counter::PASSIVE_UNMATCHED);
+        return;
+    };
+    let _ = SYNS.remove(&key);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let us = now.saturating_sub(syn_ns) / 1000;
+    hist_add(agg::PASSIVE, us);
+    port_hist_add(key.lport, agg::PORT_PASSIVE, us);
+    count_retransmits(counter::PASSIVE_RETRANS, sk);
+}
+
+/// `::ffff:a.b.c.d`: an IPv4 peer on an IPv6 socket (words in network order).
+#[inline(always)]
+fn is_v4_mapped(w0: u32, w1: u32, w2: u32) -> bool {
+    w0 == 0 && w1 == 0 && w2 == u32::from_be(0xffff)
+}
+
+/// The user's `--netns`, `-4`/`-6` and `--port` filters, applied in the kernel in aggregation
+/// mode (in streaming mode userspace applies them). `netns` is only called when needed.
+#[inline(always)]
+fn kernel_filter(family: u16, mapped: bool, lport: u16, rport: u16, netns: impl FnOnce() -> u32) -> bool {
+    let want = global!(CONFIG.family);
+    if want != 0 {
+        // A v4-mapped peer on an IPv6 socket is an IPv4 connection.
+        let v6 = family == AF_INET6 && !mapped;
+        if v6 != (want == AF_INET6) {
+            return false;
+        }
+    }
+    let n = global!(CONFIG.nports) as usize;
+    if n != 0 {
+        let mut hit = false;
+        for i in 0..MAX_KERNEL_PORTS {
+            if i < n {
+                let p = global!(CONFIG.ports[i]);
+                if p == lport || p == rport {
+                    hit = true;
+                }
+            }
+        }
+        if !hit {
+            return false;
+        }
+    }
+    let ns = global!(CONFIG.netns);
+    ns == 0 || netns() == ns
+}
+
+#[inline(always)]
+fn hist_add(row: u32, v: u64) {
+    let b = agg::bucket(v);
+    if b >= agg::BUCKETS {
+        return;
+    }
+    if let Some(h) = HISTS.get_ptr_mut(row) {
+        // Per-CPU row, and tracing programs do not nest on one CPU.
+        unsafe { (*h).0[b] += 1 };
+    }
+}
+
+#[inline(always)]
+fn port_hist_add(port: u16, metric: u16, v: u64) {
+    let b = agg::bucket(v);
+    if b >= agg::BUCKETS {
+        return;
+    }
+    let key = PortKey { port, metric };
+    let row = match PORT_HISTS.get_ptr_mut(&key) {
+        Some(r) => r,
+        None => {
+            let Some(zero) = ZERO_ROW.get(0) else {
+                return;
+            };
+            // Fails when full, or when another CPU just made the row (found below).
+            let _ = PORT_HISTS.insert(&key, zero, BPF_NOEXIST as u64);
+            match PORT_HISTS.get_ptr_mut(&key) {
+                Some(r) => r,
+                None => {
+                    bump(counter::PORTS_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    unsafe { (*row).0[b] += 1 };
+}
+
+/// Counts a handshake under its number of SYN (or SYN-ACK) retransmits, read from the new
+/// socket's `total_retrans`.
+#[inline(always)]
+fn count_retransmits(base: u32, sk: u64) {
+    let off = global!(OFFSETS.kernel.tcp_total_retrans);
+    let n: u32 = if sk != 0 && off != u32::MAX {
+        read((sk + off as u64) as *const u8)
+    } else {
+        0
+    };
+    bump(base + if n > counter::RETRANS_CAP { counter::RETRANS_CAP } else { n });
+}
+
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+const TCP_SYN_SENT: i32 = 2;
+
+/// A field of the socket behind a tp_btf pointer: a plain load the verifier checks against the
+/// kernel's BTF (no helper call), at a loader-provided offset.
+macro_rules! sk_field {
+    ($sk:expr, $off:ident, $t:ty) => {{
+        let off = global!(OFFSETS.kernel.$off) as usize;
+        unsafe { core::ptr::read_volatile(($sk as *const u8).add(off) as *const $t) }
+    }};
+}
+
+/// Aggregation mode: every TCP state change, measured where it happens.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if sk.is_null() || old == new {
+        return 0;
+    }
+    if sk_field!(sk, sock_protocol, u16) != IPPROTO_TCP {
+        return 0;
+    }
+    let family: u16 = sk_field!(sk, sock_family, u16);
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let lport: u16 = sk_field!(sk, sock_num, u16);
+    let rport: u16 = u16::from_be(sk_field!(sk, sock_dport, u16));
+    let mapped = family == AF_INET6 && global!(CONFIG.family) != 0 && {
+        let a = (sk as *const u8).wrapping_add(global!(OFFSETS.kernel.sock_v6_daddr) as usize);
+        let w = |i: usize| unsafe { core::ptr::read_volatile((a as *const u32).add(i)) };
+        is_v4_mapped(w(0), w(1), w(2))
+    };
+    if !kernel_filter(family, mapped, lport, rport, || sock_netns(sk as u64)) {
+        return 0;
+    }
+    bump(counter::TRANSITIONS);
+    match (old, new) {
+        (TCP_CLOSE, TCP_SYN_SENT) => bump(counter::ACTIVE_OPENS),
+        (TCP_LISTEN, TCP_SYN_RECV) => bump(counter::PASSIVE_OPENS),
+        _ => {}
+    }
+    let closing = new == TCP_CLOSE && old != TCP_LISTEN;
+    if closing {
+        bump(counter::CLOSED);
+    }
+    let st = unsafe {
+        bpf_sk_storage_get(
+            (&raw const SOCKS).cast_mut().cast(),
+            sk,
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    } as *mut SockTimes;
+    if st.is_null() {
+        bump(counter::STORAGE_FAILED);
+        return 0;
+    }
+    let s = unsafe { &mut *st };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let born = (old == TCP_CLOSE && (new == TCP_SYN_SENT || new == TCP_LISTEN))
+        || (old == TCP_LISTEN && new == TCP_SYN_RECV);
+    if born {
+        s.born_ns = now;
+        s.flags = if old == TCP_LISTEN { agg::FLAG_PASSIVE } else { 0 };
+        s.port = lport;
+    } else if s.since_ns != 0 && i32::from(s.state) == old {
+        let us = now.saturating_sub(s.since_ns) / 1000;
+        // A listener's time in LISTEN is its lifetime, not a connection's dwell.
+        if old != TCP_LISTEN && (0..16).contains(&old) {
+            hist_add(agg::DWELL + old as u32, us);
+            if s.flags & agg::FLAG_PASSIVE != 0 {
+                port_hist_add(s.port, agg::PORT_DWELL + old as u16, us);
+            }
+        }
+        if old == TCP_SYN_SENT && new == TCP_ESTABLISHED {
+            hist_add(agg::ACTIVE, us);
+            port_hist_add(rport, agg::PORT_ACTIVE_BY_REMOTE, us);
+            count_retransmits(counter::ACTIVE_RETRANS, sk as u64);
+        }
+    } else {
+        // Older than the run, or a transition the kernel skipped: no dwell to measure.
+        bump(counter::UNSEEN);
+    }
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED && SETTINGS.get(0) == Some(&1) {
+        let srtt: u32 = read((sk as u64 + global!(OFFSETS.kernel.tcp_srtt_us) as u64) as *const u8);
+        let us = u64::from(srtt >> 3);
+        hist_add(agg::PASSIVE, us);
+        port_hist_add(lport, agg::PORT_PASSIVE, us);
+        count_retransmits(counter::PASSIVE_RETRANS, sk as u64);
+    }
+    if closing && s.born_ns != 0 {
+        hist_add(agg::LIFETIME, now.saturating_sub(s.born_ns) / 1000);
+        s.born_ns = 0;
+    }
+    s.state = new as u8;
+    s.since_ns = now;
+    0
 }
 
 /// Fallback where no cgroup v2 is mounted: at SYN_RECV -> ESTABLISHED of an accepted socket,

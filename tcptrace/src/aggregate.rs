@@ -88,6 +88,10 @@ impl Dwell {
         self.by_state.entry(state).or_default().record_ns(ns);
     }
 
+    pub(crate) fn entry(&mut self, state: TcpState) -> &mut Hist {
+        self.by_state.entry(state).or_default()
+    }
+
     pub fn get(&self, state: TcpState) -> Option<&Hist> {
         self.by_state.get(&state)
     }
@@ -160,6 +164,8 @@ pub struct Aggregator {
     /// SYN-ACK retransmits seen before the accepted socket, by 4-tuple.
     pending_synack: HashMap<(SocketAddr, SocketAddr), u32>,
     pub pending_evicted: u64,
+    /// Aggregation mode: what the kernel counted (None when streaming).
+    pub in_kernel: Option<crate::folded::KernelCounts>,
     /// Listening ports seen (CLOSE -> LISTEN, or a child of one).
     listen_ports: BTreeMap<u16, ()>,
     /// Bumped at every gap in the stream.
@@ -197,6 +203,7 @@ impl Aggregator {
             pending: HashMap::default(),
             pending_synack: HashMap::default(),
             pending_evicted: 0,
+            in_kernel: None,
             listen_ports: BTreeMap::new(),
             epoch: 0,
         }
@@ -277,6 +284,22 @@ impl Aggregator {
         let passive =
             life.is_some_and(|l| matches!(l.first_state, TcpState::Listen | TcpState::SynRecv));
         (passive || self.listen_ports.contains_key(&port)).then_some(port)
+    }
+
+    pub(crate) fn port_stats_mut(&mut self, port: u16) -> Option<&mut PortStats> {
+        self.port_stats(port)
+    }
+
+    /// The active-handshake histogram of a remote port, unless `max_ports` are broken out
+    /// already (then counted in `ports_overflow`).
+    pub(crate) fn remote_port_hist(&mut self, rport: u16) -> Option<&mut Hist> {
+        if !self.active_by_remote_port.contains_key(&rport)
+            && self.active_by_remote_port.len() >= self.cfg.max_ports
+        {
+            self.ports_overflow += 1;
+            return None;
+        }
+        Some(self.active_by_remote_port.entry(rport).or_default())
     }
 
     fn port_stats(&mut self, port: u16) -> Option<&mut PortStats> {
@@ -442,16 +465,8 @@ impl Aggregator {
                 self.active.record_ns(ns);
                 let retrans = life.map_or(0, |l| l.retransmits);
                 *self.active_by_syn_retransmits.entry(retrans).or_default() += 1;
-                let rport = ev.remote.port();
-                if self.active_by_remote_port.contains_key(&rport)
-                    || self.active_by_remote_port.len() < self.cfg.max_ports
-                {
-                    self.active_by_remote_port
-                        .entry(rport)
-                        .or_default()
-                        .record_ns(ns);
-                } else {
-                    self.ports_overflow += 1;
+                if let Some(h) = self.remote_port_hist(ev.remote.port()) {
+                    h.record_ns(ns);
                 }
             }
         }

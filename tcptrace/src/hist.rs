@@ -59,10 +59,19 @@ impl Hist {
     }
 
     pub fn record_us(&mut self, us: u64) {
-        if us > MAX_US {
-            self.saturated += 1;
+        self.record_us_n(us, 1);
+    }
+
+    /// `n` values of `us` (a bucket folded from the kernel's histograms).
+    pub fn record_us_n(&mut self, us: u64, n: u64) {
+        if n == 0 {
+            return;
         }
-        self.h.saturating_record(us.min(MAX_US));
+        if us > MAX_US {
+            self.saturated += n;
+        }
+        // Values are clamped to the bounds first, so this cannot fail.
+        let _ = self.h.record_n(us.min(MAX_US), n);
     }
 
     pub fn count(&self) -> u64 {

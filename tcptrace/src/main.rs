@@ -4,10 +4,12 @@ use std::{
     process::ExitCode,
 };
 
+use anyhow::bail;
 use clap::Parser as _;
+use tcptrace_common::{AF_INET, AF_INET6, MAX_KERNEL_PORTS};
 use tcptrace::{
     aggregate::{AggregatorConfig, PassiveMethod},
-    cli::{Cli, Command, CommonArgs, EventsArgs, ReplayArgs, ReportArgs},
+    cli::{Aggregate, Cli, Command, CommonArgs, EventsArgs, ReplayArgs, ReportArgs},
     diagnose::HealthConfig,
     filter::{Family, Filter, parse_netns},
     pipeline::{Outputs, Pipeline},
@@ -21,7 +23,7 @@ use tcptrace::{
         watch,
     },
     source::{
-        kernel::{KernelOptions, KernelSource},
+        kernel::{KernelAggregation, KernelOptions, KernelSource},
         poller::{self, Poller, Targets},
         record::{Item, Replay},
     },
@@ -98,6 +100,48 @@ fn health_config(common: &CommonArgs) -> HealthConfig {
     }
 }
 
+/// Whether the kernel measures routine transitions itself (with the settings it needs), and
+/// if not, why (when `auto` chose streaming).
+fn choose_aggregation(
+    common: &CommonArgs,
+    events: bool,
+    cfg: &AggregatorConfig,
+) -> anyhow::Result<(Option<KernelAggregation>, Option<&'static str>)> {
+    let f = &cfg.filter;
+    let needs_stream = if events {
+        Some("`events` shows every event")
+    } else if common.record.is_some() {
+        Some("--record keeps every event")
+    } else if f.pid.is_some() {
+        Some("--pid matches socket owners in userspace")
+    } else if f.ports.len() > MAX_KERNEL_PORTS {
+        Some("more than 8 --port values")
+    } else {
+        None
+    };
+    match (common.aggregate, needs_stream) {
+        (Aggregate::User, _) => Ok((None, None)),
+        (Aggregate::Kernel, Some(why)) => bail!(
+            "--aggregate kernel cannot work here: {why}, which needs every event in userspace; drop --aggregate kernel"
+        ),
+        (Aggregate::Auto, Some(why)) => Ok((None, Some(why))),
+        (Aggregate::Kernel | Aggregate::Auto, None) => Ok((
+            Some(KernelAggregation {
+                netns: f.netns.unwrap_or(0),
+                family: match f.family {
+                    Some(Family::V4) => AF_INET,
+                    Some(Family::V6) => AF_INET6,
+                    None => 0,
+                },
+                ports: f.ports.clone(),
+                max_ports: u32::try_from(cfg.max_ports).unwrap_or(u32::MAX),
+                max_syns: u32::try_from(cfg.max_pending_syns).unwrap_or(u32::MAX),
+            }),
+            None,
+        )),
+    }
+}
+
 /// Namespaces the sock_diag poller looks into: the one asked for, or all.
 fn poll_targets(common: &CommonArgs, filter_netns: Option<u32>) -> anyhow::Result<Targets> {
     match (&common.netns, filter_netns) {
@@ -131,11 +175,29 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     let out = outputs(common)?;
     let metrics = common.metrics_addr.map(prometheus::serve).transpose()?;
     let drop_to = common.user.as_deref().map(privileges::lookup).transpose()?;
-    let mut src = KernelSource::open(&KernelOptions {
+    let (aggregate, stream_reason) = choose_aggregation(common, args.is_some(), &filter_cfg)?;
+    let mut opts = KernelOptions {
         ring_bytes: common.ring_size,
         debug_bpf: common.debug_bpf,
         passive: common.passive_method,
-    })?;
+        aggregate,
+    };
+    let mut src = match KernelSource::open(&opts) {
+        Ok(src) => src,
+        Err(e) if opts.aggregate.is_some() && common.aggregate == Aggregate::Auto => {
+            eprintln!(
+                "tcptrace: in-kernel aggregation unavailable ({e:#}); streaming every event instead"
+            );
+            opts.aggregate = None;
+            KernelSource::open(&opts)?
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(why) = stream_reason
+        && args.is_none()
+    {
+        eprintln!("tcptrace: streaming every event to userspace ({why}); costs more than in-kernel aggregation");
+    }
     if src.mounted_tracefs {
         eprintln!("tcptrace: tracefs was not mounted; mounted it at /sys/kernel/tracing");
     }
@@ -184,9 +246,12 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         &mut signals,
         common.duration,
         common.interval,
-        |batch, lost| {
+        |batch, lost, folded| {
             let mut p = pipe.borrow_mut();
             p.gap(lost)?;
+            if let Some(f) = folded {
+                p.fold(monotonic_now_ns(), f)?;
+            }
             while let Ok(snaps) = poll.rx.try_recv() {
                 let snaps = match snaps {
                     Ok(s) => s,
@@ -271,8 +336,11 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
 
 fn closing_line(s: &Summary, shown: Option<u64>) {
     let shown = shown.map_or(String::new(), |n| format!("{n} shown, "));
+    let in_kernel = s.in_kernel.map_or(String::new(), |k| {
+        format!("{} state changes measured in the kernel, ", k.transitions)
+    });
     eprintln!(
-        "tcptrace: {} events received, {shown}{} lost (ring buffer full or skipped by the kernel), {} undecodable, {} sockets evicted, {:.1}s",
+        "tcptrace: {} events received, {in_kernel}{shown}{} lost (ring buffer full or skipped by the kernel), {} undecodable, {} sockets evicted, {:.1}s",
         s.events.received, s.events.lost, s.events.undecodable, s.sockets.evicted, s.duration_s
     );
 }

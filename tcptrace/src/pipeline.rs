@@ -7,6 +7,7 @@ use crate::{
     aggregate::{Aggregator, AggregatorConfig},
     diagnose::{Health, HealthConfig, Snapshot},
     event::Event,
+    folded::Folded,
     output::AtomicFile,
     owners::{Owners, ProcessInfo},
     run::Flow,
@@ -188,6 +189,15 @@ impl<W: Write> Pipeline<W> {
             flow = crate::run::output_error(e)?;
         }
         Ok(flow)
+    }
+
+    /// What the kernel measured itself (aggregation mode), as of `now_ns`.
+    pub fn fold(&mut self, now_ns: u64, f: &Folded) -> anyhow::Result<()> {
+        if let Some(h) = &mut self.out.hdr_log {
+            h.advance(&self.agg, now_ns)?;
+        }
+        self.agg.fold(f);
+        Ok(())
     }
 
     /// Ends the run: closes the histogram log and the recording, writes the JSON summary.

@@ -10,6 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     event::{DecodeError, Event},
+    folded::Folded,
     source::kernel::{KernelCounters, KernelSource},
 };
 
@@ -60,16 +61,20 @@ impl StopSignals {
     }
 }
 
+/// How often aggregation mode reads the kernel's histograms.
+pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs until stopped. `consume` gets every batch (possibly empty) in arrival order, with the
 /// number of program runs the kernel skipped since the previous batch (a gap: durations across
-/// it are unknown; ring-buffer drops are marked on the events themselves);
+/// it are unknown; ring-buffer drops are marked on the events themselves) and, in aggregation
+/// mode, every [`FOLD_INTERVAL`] and at the end, what the kernel measured meanwhile;
 /// `tick` is called every `tick_every` with the stats so far.
 pub async fn run_live(
     src: &mut KernelSource,
     signals: &mut StopSignals,
     duration: Option<Duration>,
     tick_every: Duration,
-    mut consume: impl FnMut(&[Event], u64) -> anyhow::Result<Flow>,
+    mut consume: impl FnMut(&[Event], u64, Option<&Folded>) -> anyhow::Result<Flow>,
     mut tick: impl FnMut(&RunStats) -> anyhow::Result<()>,
 ) -> anyhow::Result<RunStats> {
     let started = Instant::now();
@@ -82,6 +87,7 @@ pub async fn run_live(
     let mut warned_lost = 0;
     let mut seen_missed = 0;
     let mut stopping = false;
+    let mut last_fold = Instant::now();
     loop {
         if !stopping {
             tokio::select! {
@@ -108,8 +114,19 @@ pub async fn run_live(
         let lost_now = stats.kernel.total_lost();
         let gap = stats.kernel.missed.saturating_sub(seen_missed);
         seen_missed = stats.kernel.missed;
-        let flow = consume(&batch, gap)?;
-        if last_tick.elapsed() >= tick_every || stopping {
+        // Folded before the tick, so the view shows the latest second; and after this drain,
+        // so the retransmits streamed meanwhile are in too.
+        let tick_due = last_tick.elapsed() >= tick_every || stopping;
+        let folded = if src.aggregating()
+            && (last_fold.elapsed() >= FOLD_INTERVAL || tick_due)
+        {
+            last_fold = Instant::now();
+            src.fold(crate::sink::monotonic_now_ns())?
+        } else {
+            None
+        };
+        let flow = consume(&batch, gap, folded.as_ref())?;
+        if tick_due {
             last_tick = Instant::now();
             stats.elapsed = started.elapsed();
             if lost_now > warned_lost {

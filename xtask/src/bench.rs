@@ -167,6 +167,7 @@ fn self_cpu_seconds() -> f64 {
 enum Config {
     None,
     Watch,
+    WatchStream,
     EventsJson,
     Bpftrace,
 }
@@ -175,7 +176,8 @@ impl Config {
     fn name(self) -> &'static str {
         match self {
             Config::None => "no tracer",
-            Config::Watch => "tcptrace watch",
+            Config::Watch => "tcptrace watch (in-kernel aggregation)",
+            Config::WatchStream => "tcptrace watch --aggregate user",
             Config::EventsJson => "tcptrace events --json > /dev/null",
             Config::Bpftrace => "bpftrace, in-kernel dwell histograms by socket",
         }
@@ -193,6 +195,11 @@ fn start_tracer(cfg: Config, tracer: &Path) -> Result<Option<Tracer>> {
         Config::Watch => {
             let mut c = Command::new(tracer);
             c.args(["watch", "--interval", "1s"]);
+            c
+        }
+        Config::WatchStream => {
+            let mut c = Command::new(tracer);
+            c.args(["watch", "--interval", "1s", "--aggregate", "user"]);
             c
         }
         Config::EventsJson => {
@@ -282,8 +289,10 @@ fn parse_summary(stderr: &str) -> (u64, Option<u64>) {
             .parse()
             .ok()
     };
+    // In-kernel aggregation measures state changes without sending them as events.
+    let in_kernel = num_before("state changes measured in the kernel").unwrap_or(0);
     (
-        num_before("events received").unwrap_or(0),
+        num_before("events received").unwrap_or(0) + in_kernel,
         num_before("lost"),
     )
 }
@@ -335,7 +344,12 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn overhead(o: &BenchOptions) -> Result<String> {
     let ns = Netns::new()?;
-    let mut configs = vec![Config::None, Config::Watch, Config::EventsJson];
+    let mut configs = vec![
+        Config::None,
+        Config::Watch,
+        Config::WatchStream,
+        Config::EventsJson,
+    ];
     let have_bpftrace = Command::new("bpftrace")
         .arg("--version")
         .stdout(Stdio::null())
@@ -477,6 +491,8 @@ mod tests {
         assert_eq!(parse_summary(err), (1234, Some(5)));
         let err = "tcptrace: 99 events received, 99 shown, 0 lost (ring buffer full or skipped by the kernel), 0 undecodable";
         assert_eq!(parse_summary(err), (99, Some(0)));
+        let err = "tcptrace: 7 events received, 1000 state changes measured in the kernel, 0 lost (ring buffer full or skipped by the kernel), 0 undecodable";
+        assert_eq!(parse_summary(err), (1007, Some(0)));
         assert_eq!(parse_summary("nothing"), (0, None));
     }
 

@@ -188,6 +188,14 @@ pub struct KernelOffsets {
     /// `struct inet_connection_sock` -> `icsk_accept_queue.qlen` (u32): request sockets waiting
     /// for their final ACK (the SYN queue).
     pub icsk_syn_qlen: u32,
+    /// `struct sock` -> `__sk_common.skc_dport` (remote port, network order).
+    pub sock_dport: u32,
+    /// `struct sock` -> `__sk_common.skc_v6_daddr` (16 bytes): tells a v4-mapped peer on an
+    /// IPv6 socket (an IPv4 connection) from a real IPv6 one.
+    pub sock_v6_daddr: u32,
+    /// `struct tcp_sock` -> `total_retrans` (u32): at ESTABLISHED, how many SYNs (or SYN-ACKs,
+    /// copied from the request socket) were retransmitted.
+    pub tcp_total_retrans: u32,
     pub _pad: u32,
 }
 
@@ -214,8 +222,20 @@ pub struct Config {
     pub wakeup_bytes: u64,
     /// Non-zero: emit aya-log debug lines.
     pub debug: u32,
+    /// Non-zero: in-kernel aggregation (see [`agg`]); zero: stream every transition.
+    pub aggregate: u32,
+    /// In-kernel filters (the user's `--netns`, `-4`/`-6`, `--port`); 0 = any.
+    pub netns: u32,
     pub _pad: u32,
+    /// [`AF_INET`], [`AF_INET6`] or 0.
+    pub family: u16,
+    /// How many of `ports` are set (0 = any port).
+    pub nports: u16,
+    pub ports: [u16; MAX_KERNEL_PORTS],
 }
+
+/// `--port` values the kernel can filter on; more fall back to streaming.
+pub const MAX_KERNEL_PORTS: usize = 8;
 
 /// Indexes of the per-CPU counters in the `COUNTERS` map.
 pub mod counter {
@@ -225,7 +245,156 @@ pub mod counter {
     pub const READ_ERRORS: u32 = 1;
     /// 1 while this CPU has dropped events not yet followed by a written one (a gap to flag).
     pub const GAP_PENDING: u32 = 2;
-    pub const COUNT: u32 = 3;
+    // In-kernel aggregation (see [`crate::agg`]):
+    /// CLOSE -> SYN_SENT.
+    pub const ACTIVE_OPENS: u32 = 3;
+    /// LISTEN -> SYN_RECV (an accepted socket is born).
+    pub const PASSIVE_OPENS: u32 = 4;
+    /// Any state -> CLOSE, listeners excepted.
+    pub const CLOSED: u32 = 5;
+    /// Transitions that passed the filters.
+    pub const TRANSITIONS: u32 = 6;
+    /// Transitions of sockets whose previous state tcptrace did not see (older than the run, or
+    /// a transition skipped by the kernel): no dwell measured.
+    pub const UNSEEN: u32 = 7;
+    /// Socket storage could not be had (memory): transition not measured.
+    pub const STORAGE_FAILED: u32 = 8;
+    /// Samples not kept per port because the per-port table was full.
+    pub const PORTS_FULL: u32 = 9;
+    /// SYNs not timed because the table of waiting SYNs was full (a flood).
+    pub const PENDING_FULL: u32 = 10;
+    /// Accepted sockets whose SYN was not seen (older than the run, table full, SYN cookies).
+    pub const PASSIVE_UNMATCHED: u32 = 11;
+    /// Active handshakes by SYN retransmits: `ACTIVE_RETRANS + n` (n capped at RETRANS_CAP).
+    pub const ACTIVE_RETRANS: u32 = 12;
+    /// Passive handshakes by SYN-ACK retransmits, same layout.
+    pub const PASSIVE_RETRANS: u32 = 20;
+    /// Buckets per retransmit count: 0..=6 and "7 or more".
+    pub const RETRANS_CAP: u32 = 7;
+    pub const COUNT: u32 = 28;
+}
+
+/// In-kernel aggregation: what the kernel keeps so that routine transitions never cross to
+/// userspace. Per socket, a [`SockTimes`] in socket-local storage (freed with the socket); per
+/// CPU, log-linear histograms ([`Buckets`]) that userspace reads every second and folds into
+/// HdrHistograms. Values are microseconds (queue lengths for the queue metrics).
+pub mod agg {
+    /// Sub-buckets per power of two: 32, so a bucket's midpoint is within 1/64 (1.6 %) of any
+    /// value in it. Values below 64 are exact.
+    pub const SUB_BITS: u32 = 5;
+    const SUB: u32 = 1 << SUB_BITS;
+    /// Buckets for values up to 2^32 - 1 (71 minutes in µs); larger values land in the last.
+    pub const BUCKETS: usize = 896;
+
+    /// Per-CPU histogram rows in `HISTS`: dwell in each state (`DWELL + state`), handshakes,
+    /// lifetime.
+    pub const DWELL: u32 = 0;
+    pub const ACTIVE: u32 = 16;
+    pub const PASSIVE: u32 = 17;
+    pub const LIFETIME: u32 = 18;
+    pub const ROWS: u32 = 19;
+
+    /// Metrics of the per-port histograms ([`PortKey::metric`]): dwell of accepted sockets by
+    /// listening port (`PORT_DWELL + state`), passive handshakes by listening port, active
+    /// handshakes by remote port, listener queues at each SYN.
+    pub const PORT_DWELL: u16 = 0;
+    pub const PORT_PASSIVE: u16 = 16;
+    pub const PORT_ACTIVE_BY_REMOTE: u16 = 17;
+    pub const PORT_ACCEPT_QUEUE: u16 = 18;
+    pub const PORT_SYN_QUEUE: u16 = 19;
+
+    /// The bucket of `v`: exact below 64, then 32 per power of two.
+    #[inline(always)]
+    pub fn bucket(v: u64) -> usize {
+        let v = if v > u32::MAX as u64 { u32::MAX } else { v as u32 };
+        if v < 2 * SUB {
+            return v as usize;
+        }
+        // Index of the highest set bit, without loops (the verifier wants none).
+        let mut msb = 0u32;
+        let mut x = v;
+        if x >= 1 << 16 {
+            x >>= 16;
+            msb += 16;
+        }
+        if x >= 1 << 8 {
+            x >>= 8;
+            msb += 8;
+        }
+        if x >= 1 << 4 {
+            x >>= 4;
+            msb += 4;
+        }
+        if x >= 1 << 2 {
+            x >>= 2;
+            msb += 2;
+        }
+        if x >= 1 << 1 {
+            msb += 1;
+        }
+        let shift = msb - SUB_BITS;
+        ((shift + 1) * SUB + ((v >> shift) & (SUB - 1))) as usize
+    }
+
+    /// The values bucket `i` holds: `[low, high)`.
+    pub fn bounds(i: usize) -> (u64, u64) {
+        let i = i as u64;
+        let sub = u64::from(SUB);
+        if i < 2 * sub {
+            return (i, i + 1);
+        }
+        let shift = i / sub - 1;
+        let low = (sub + i % sub) << shift;
+        (low, low + (1 << shift))
+    }
+
+    /// One histogram row: a count per bucket. u32 per CPU is enough: userspace reads every
+    /// second and takes wrapping differences.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Buckets(pub [u32; BUCKETS]);
+
+    /// Key of a per-port histogram.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct PortKey {
+        pub port: u16,
+        pub metric: u16,
+    }
+
+    /// What the kernel remembers of one socket (socket-local storage).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockTimes {
+        /// When the socket entered `state` (CLOCK_MONOTONIC ns); 0 = not known.
+        pub since_ns: u64,
+        /// When it was born (CLOSE -> SYN_SENT, LISTEN -> SYN_RECV, CLOSE -> LISTEN); 0 = before
+        /// the run.
+        pub born_ns: u64,
+        /// Its state as of the last transition seen.
+        pub state: u8,
+        /// [`FLAG_PASSIVE`]: an accepted socket.
+        pub flags: u8,
+        /// Listening port of an accepted socket.
+        pub port: u16,
+        pub _pad: u32,
+    }
+
+    pub const FLAG_PASSIVE: u8 = 1;
+
+    /// A SYN waiting for its accepted socket: netns cookie and 4-tuple as sock_ops sees them
+    /// (addresses in network order, IPv4 in the first word; ports in host order).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SynKey {
+        pub cookie: u64,
+        pub local: [u32; 4],
+        pub remote: [u32; 4],
+        pub lport: u16,
+        pub rport: u16,
+        pub family: u16,
+        pub _pad: u16,
+    }
 }
 
 impl Offsets {
@@ -237,7 +406,12 @@ impl Config {
     pub const ZERO: Config = Config {
         wakeup_bytes: 0,
         debug: 0,
+        aggregate: 0,
+        netns: 0,
         _pad: 0,
+        family: 0,
+        nports: 0,
+        ports: [0; MAX_KERNEL_PORTS],
     };
 }
 
@@ -247,4 +421,8 @@ mod pod {
     unsafe impl aya::Pod for super::RawEvent {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::agg::Buckets {}
+    unsafe impl aya::Pod for super::agg::PortKey {}
+    unsafe impl aya::Pod for super::agg::SockTimes {}
+    unsafe impl aya::Pod for super::agg::SynKey {}
 }

@@ -78,6 +78,10 @@ pub struct PortSummary {
 #[derive(Serialize)]
 pub struct Summary {
     pub duration_s: f64,
+    /// `kernel` (routine transitions measured in the kernel) or `user` (every event streamed).
+    pub aggregation: &'static str,
+    /// Aggregation mode's own counts (null when streaming).
+    pub in_kernel: Option<crate::folded::KernelCounts>,
     pub events: Events,
     pub sockets: Sockets,
     pub handshake: Handshake,
@@ -180,6 +184,12 @@ impl Summary {
         let diagnosis = diagnosis(agg, health, &listeners, &by_process, &time_wait);
         Summary {
             duration_s: (secs * 1000.0).round() / 1000.0,
+            aggregation: if agg.in_kernel.is_some() {
+                "kernel"
+            } else {
+                "user"
+            },
+            in_kernel: agg.in_kernel,
             events: Events {
                 received: totals.received,
                 lost: totals.lost,

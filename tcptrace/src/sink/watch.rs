@@ -37,11 +37,22 @@ pub fn render(
     let opens = agg.active_opens + agg.passive_opens;
     let dt = (elapsed_s - prev.secs).max(1e-3);
     let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
-    let _ = writeln!(
-        out,
-        "tcptrace watch  {:.0}s  events {}  lost {}  evicted {}  undecodable {}",
-        elapsed_s, totals.received, totals.lost, t.evicted, totals.undecodable
-    );
+    match &agg.in_kernel {
+        Some(k) => {
+            let _ = writeln!(
+                out,
+                "tcptrace watch  {:.0}s  in-kernel {}  events {}  lost {}  undecodable {}",
+                elapsed_s, k.transitions, totals.received, totals.lost, totals.undecodable
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "tcptrace watch  {:.0}s  events {}  lost {}  evicted {}  undecodable {}",
+                elapsed_s, totals.received, totals.lost, t.evicted, totals.undecodable
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "connections/s  opened {:.1}  closed {:.1}   tracked sockets {}",
@@ -147,6 +158,16 @@ pub fn render(
     );
     for w in &tw.port_exhaustion {
         let _ = writeln!(out, "WARNING: {}", w.chars().take(71).collect::<String>());
+    }
+    if let Some(k) = &agg.in_kernel {
+        let unmeasured = k.storage_failed + k.syns_table_full + k.ports_full;
+        if unmeasured > 0 {
+            let _ = writeln!(
+                out,
+                "WARNING: in kernel: {} not stored, {} SYNs untimed (table full), {} port-full",
+                k.storage_failed, k.syns_table_full, k.ports_full
+            );
+        }
     }
     if totals.lost > 0 {
         let _ = writeln!(

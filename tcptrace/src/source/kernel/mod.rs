@@ -5,6 +5,7 @@
 //! BTF, a missing tracepoint, no ring buffer support). The reader is async and never busy-polls:
 //! it sleeps until the kernel forces a wake-up (enough bytes waiting) or its drain timer fires,
 //! then drains everything in one batch.
+mod aggregates;
 pub mod btf;
 mod offsets;
 pub mod tracefs;
@@ -17,13 +18,13 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, MapType, PerCpuArray, RingBuf},
+    maps::{Array, MapData, MapType, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tcptrace_common::{Config, counter};
+use tcptrace_common::{Config, MAX_KERNEL_PORTS, counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use offsets::TRACEPOINTS;
+pub use offsets::{STATE_PROGRAM, TRACEPOINTS};
 
 use crate::{
     aggregate::PassiveMethod,
@@ -52,6 +53,23 @@ pub struct KernelOptions {
     /// Emit aya-log debug lines from the kernel programs.
     pub debug_bpf: bool,
     pub passive: PassiveChoice,
+    /// In-kernel aggregation (see `tcptrace_common::agg`), or None to stream every transition.
+    pub aggregate: Option<KernelAggregation>,
+}
+
+/// Aggregation mode's settings: the user's filters (the kernel applies them) and table sizes.
+#[derive(Clone, Debug, Default)]
+pub struct KernelAggregation {
+    /// Namespace inode, 0 = any.
+    pub netns: u32,
+    /// AF_INET, AF_INET6 or 0.
+    pub family: u16,
+    /// At most `tcptrace_common::MAX_KERNEL_PORTS`.
+    pub ports: Vec<u16>,
+    /// Ports broken out (`--max-ports`).
+    pub max_ports: u32,
+    /// SYNs that may wait for their accepted socket at once.
+    pub max_syns: u32,
 }
 
 impl Default for KernelOptions {
@@ -60,6 +78,7 @@ impl Default for KernelOptions {
             ring_bytes: 16 << 20,
             debug_bpf: false,
             passive: PassiveChoice::Auto,
+            aggregate: None,
         }
     }
 }
@@ -90,6 +109,8 @@ pub struct KernelSource {
     _ebpf: Ebpf,
     /// The attached programs' fds, for their recursion-miss counts.
     prog_fds: Vec<i32>,
+    /// Aggregation mode's reader (None when streaming).
+    agg: Option<aggregates::AggReader>,
     pub attached: Vec<&'static str>,
     pub mounted_tracefs: bool,
     /// How passive handshakes are measured on this run, and why if it is the fallback.
@@ -188,14 +209,30 @@ impl KernelSource {
                 opts.ring_bytes
             );
         }
-        let config = Config {
+        let mut config = Config {
             // Wake the reader when a quarter of the ring is waiting; the drain timer handles
             // the rest. See the kernel crate for why.
             wakeup_bytes: u64::from(opts.ring_bytes / 4),
             debug: u32::from(opts.debug_bpf),
-            _pad: 0,
+            ..Config::ZERO
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(a) = &opts.aggregate {
+            if a.ports.len() > MAX_KERNEL_PORTS {
+                bail!(
+                    "in-kernel aggregation filters on at most {MAX_KERNEL_PORTS} ports: give fewer --port values, or --aggregate user"
+                );
+            }
+            config.aggregate = 1;
+            config.netns = a.netns;
+            config.family = a.family;
+            config.nports = a.ports.len() as u16;
+            config.ports[..a.ports.len()].copy_from_slice(&a.ports);
+            // Up to 20 metrics per port (dwell in 11 states, handshakes, queues).
+            loader.map_max_entries("PORT_HISTS", a.max_ports.saturating_mul(20).max(20));
+            loader.map_max_entries("SYNS", a.max_syns.max(1));
+        }
+        let mut ebpf = loader
             .override_global("OFFSETS", &layout, true)
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
@@ -219,7 +256,30 @@ impl KernelSource {
         };
 
         let mut attached = Vec::new();
+        let aggregating = opts.aggregate.is_some();
+        let btf_rs = || aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF: {e}"));
+        if aggregating {
+            let p: &mut aya::programs::BtfTracePoint = ebpf
+                .program_mut("state_agg")
+                .ok_or_else(|| anyhow!("kernel object has no program state_agg (build problem)"))?
+                .try_into()
+                .map_err(|e| anyhow!("program state_agg: {e}"))?;
+            p.load("inet_sock_set_state", &btf_rs()?).map_err(|e| {
+                anyhow!(
+                    "loading state_agg (tp_btf/inet_sock_set_state, in-kernel aggregation): {}",
+                    first_line(&format!("{e:#}"))
+                )
+            })?;
+            p.attach().map_err(|e| {
+                anyhow!("attaching state_agg (tp_btf/inet_sock_set_state): {e:#}")
+            })?;
+            attached.push("state_agg");
+        }
         for (prog, category, name) in TRACEPOINTS {
+            if aggregating && prog == STATE_PROGRAM {
+                // Measured in the kernel by state_agg instead.
+                continue;
+            }
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("kernel object has no program {prog} (build problem)"))?
@@ -232,11 +292,28 @@ impl KernelSource {
             attached.push(prog);
         }
 
-        let (passive_method, passive_note) = attach_passive(&mut ebpf, opts.passive)?;
-        attached.push(match passive_method {
-            PassiveMethod::SockOps => "tcp_sockops",
-            PassiveMethod::Srtt => "passive_rtt",
+        let (passive_method, passive_note) = attach_passive(&mut ebpf, opts.passive, aggregating)?;
+        attached.push(match (passive_method, aggregating) {
+            (PassiveMethod::SockOps, _) => "tcp_sockops",
+            (PassiveMethod::Srtt, false) => "passive_rtt",
+            // state_agg reads srtt itself.
+            (PassiveMethod::Srtt, true) => "state_agg (srtt)",
         });
+        if aggregating && passive_method == PassiveMethod::Srtt {
+            let mut settings: Array<_, u32> = Array::try_from(
+                ebpf.map_mut("SETTINGS")
+                    .ok_or_else(|| anyhow!("kernel object has no SETTINGS map (build problem)"))?,
+            )
+            .map_err(|e| anyhow!("map SETTINGS: {e}"))?;
+            settings
+                .set(0, 1, 0)
+                .map_err(|e| anyhow!("telling state_agg to time passive handshakes by srtt: {e}"))?;
+        }
+        let agg = if aggregating {
+            Some(aggregates::AggReader::new(&mut ebpf)?)
+        } else {
+            None
+        };
 
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
@@ -268,6 +345,7 @@ impl KernelSource {
             tick,
             _ebpf: ebpf,
             prog_fds,
+            agg,
             attached,
             mounted_tracefs,
             passive_method,
@@ -310,6 +388,20 @@ impl KernelSource {
         }
     }
 
+    /// Aggregation mode: whether the kernel measures transitions itself.
+    pub fn aggregating(&self) -> bool {
+        self.agg.is_some()
+    }
+
+    /// Aggregation mode: what the kernel measured since the previous call (None when
+    /// streaming).
+    pub fn fold(&mut self, now_ns: u64) -> anyhow::Result<Option<crate::folded::Folded>> {
+        match &mut self.agg {
+            Some(r) => r.read(&self.counters, now_ns).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> KernelCounters {
         let sum = |i: u32| -> u64 {
@@ -331,6 +423,7 @@ impl KernelSource {
 fn attach_passive(
     ebpf: &mut Ebpf,
     choice: PassiveChoice,
+    aggregating: bool,
 ) -> anyhow::Result<(PassiveMethod, Option<String>)> {
     let sock_ops_error = if choice == PassiveChoice::Srtt {
         None
@@ -341,6 +434,10 @@ fn attach_passive(
             Err(e) => Some(first_line(&format!("{e:#}"))),
         }
     };
+    let note = sock_ops_error.map(|e| format!("sock_ops unavailable ({e})"));
+    if aggregating {
+        return Ok((PassiveMethod::Srtt, note));
+    }
     let btf = aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF: {e}"))?;
     let p: &mut aya::programs::BtfTracePoint = ebpf
         .program_mut("passive_rtt")
@@ -351,10 +448,7 @@ fn attach_passive(
         .map_err(|e| anyhow!("loading passive_rtt (tp_btf/inet_sock_set_state): {e:#}"))?;
     p.attach()
         .map_err(|e| anyhow!("attaching passive_rtt (tp_btf/inet_sock_set_state): {e:#}"))?;
-    Ok((
-        PassiveMethod::Srtt,
-        sock_ops_error.map(|e| format!("sock_ops unavailable ({e})")),
-    ))
+    Ok((PassiveMethod::Srtt, note))
 }
 
 fn attach_sock_ops(ebpf: &mut Ebpf) -> anyhow::Result<()> {

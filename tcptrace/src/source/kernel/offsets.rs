@@ -12,6 +12,9 @@ use super::{
 };
 
 /// The tracepoints tcptrace attaches to: (program name in the object, category, tracepoint).
+/// The streaming program for state changes (replaced by `state_agg` in aggregation mode).
+pub const STATE_PROGRAM: &str = "sock_set_state";
+
 pub const TRACEPOINTS: [(&str, &str, &str); 5] = [
     ("sock_set_state", "sock", "inet_sock_set_state"),
     ("tcp_retransmit", "tcp", "tcp_retransmit_skb"),
@@ -151,6 +154,10 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         sock_ack_backlog: sized("sock", "sk_ack_backlog", 4).unwrap_or(u32::MAX),
         icsk_syn_qlen: sized("inet_connection_sock", "icsk_accept_queue.qlen", 4)
             .unwrap_or(u32::MAX),
+        sock_dport: sized("sock", "__sk_common.skc_dport", 2)?,
+        sock_v6_daddr: sized("sock", "__sk_common.skc_v6_daddr", 16)?,
+        // Handshakes by retransmit count are a bonus (u32::MAX: all counted as 0).
+        tcp_total_retrans: sized("tcp_sock", "total_retrans", 4).unwrap_or(u32::MAX),
         _pad: 0,
     })
     .context("reading struct layouts from /sys/kernel/btf/vmlinux")
