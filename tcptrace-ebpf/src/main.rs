@@ -6,7 +6,7 @@
 //!
 //! Aggregation mode (the default for `watch`): routine state changes never cross to userspace.
 //! `state_agg` (tp_btf, which hands over a typed socket pointer) keeps each socket's state-entry
-//! time in socket-local storage and adds each dwell to a per-CPU log-linear histogram; sock_ops
+//! time in a table keyed by socket cookie and adds each dwell to a per-CPU log-linear histogram; sock_ops
 //! times passive handshakes through a small table of waiting SYNs. Userspace reads the
 //! histograms every second. Retransmits and resets, which are rare and which the operator wants
 //! one by one, still stream.
@@ -25,16 +25,15 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
+        BPF_RB_NO_WAKEUP,
     },
-    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_probe_read_kernel,
     },
     bindings::{BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RWND_INIT},
-    helpers::generated::{bpf_get_netns_cookie, bpf_sk_storage_get},
-    macros::{btf_map, btf_tracepoint, map, sock_ops, tracepoint},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{btf_tracepoint, map, sock_ops, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, SockOpsContext, TracePointContext},
 };
@@ -62,9 +61,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Aggregation mode: each socket's state-entry and birth times, freed with the socket.
-#[btf_map]
-static SOCKS: SkStorage<SockTimes> = SkStorage::new();
+/// Aggregation mode: each socket's state-entry and birth times, by socket cookie (what
+/// sock_diag reports too, so userspace can read a CLOSE_WAIT socket's exact entry time).
+/// Entries are removed when the socket reaches CLOSE; the size is `--max-sockets`.
+/// Allocated on insert (no prealloc): memory follows the sockets alive, not the limit.
+#[map]
+static SOCKS: HashMap<u64, SockTimes> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
 /// Aggregation mode: per-CPU histogram rows indexed by `agg::DWELL + state`, `agg::ACTIVE`, ...
 #[map]
@@ -677,18 +679,26 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
     if closing {
         bump(counter::CLOSED);
     }
-    let st = unsafe {
-        bpf_sk_storage_get(
-            (&raw const SOCKS).cast_mut().cast(),
-            sk,
-            core::ptr::null_mut(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
-        )
-    } as *mut SockTimes;
-    if st.is_null() {
-        bump(counter::STORAGE_FAILED);
-        return 0;
-    }
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let st = match SOCKS.get_ptr_mut(&cookie) {
+        Some(p) => p,
+        None if closing => {
+            // Older than the run and closing now: nothing to measure, nothing to keep.
+            bump(counter::UNSEEN);
+            return 0;
+        }
+        None => {
+            let _ = SOCKS.insert(&cookie, &SockTimes::default(), BPF_NOEXIST as u64);
+            match SOCKS.get_ptr_mut(&cookie) {
+                Some(p) => p,
+                None => {
+                    // The table is full (--max-sockets).
+                    bump(counter::STORAGE_FAILED);
+                    return 0;
+                }
+            }
+        }
+    };
     let s = unsafe { &mut *st };
     let now = unsafe { bpf_ktime_get_ns() };
     let born = (old == TCP_CLOSE && (new == TCP_SYN_SENT || new == TCP_LISTEN))
@@ -722,9 +732,12 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         port_hist_add(lport, agg::PORT_PASSIVE, us);
         count_retransmits(counter::PASSIVE_RETRANS, sk as u64);
     }
-    if closing && s.born_ns != 0 {
-        hist_add(agg::LIFETIME, now.saturating_sub(s.born_ns) / 1000);
-        s.born_ns = 0;
+    if closing {
+        if s.born_ns != 0 {
+            hist_add(agg::LIFETIME, now.saturating_sub(s.born_ns) / 1000);
+        }
+        let _ = SOCKS.remove(&cookie);
+        return 0;
     }
     s.state = new as u8;
     s.since_ns = now;

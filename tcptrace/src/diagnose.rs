@@ -275,7 +275,9 @@ impl Health {
         for d in s.sockets.iter().filter(|d| d.state == TcpState::CloseWait) {
             let key = (s.netns, d.local, d.remote);
             now_cw.insert(key);
-            let from_event = self.cw_entered.get(&key).copied();
+            // Exact entry times: from the event stream, or from the kernel's socket storage
+            // (aggregation mode); else the first poll that saw it (a lower bound).
+            let from_event = self.cw_entered.get(&key).copied().or(d.since_ns);
             let c = self.close_wait.entry(key).or_insert(CloseWaitState {
                 inode: d.inode,
                 entered_ns: from_event.unwrap_or(s.ts_ns),
@@ -587,6 +589,7 @@ mod tests {
             recv_q: rq,
             send_q: sq,
             drops,
+            since_ns: None,
         }
     }
 

@@ -136,6 +136,7 @@ fn choose_aggregation(
                 ports: f.ports.clone(),
                 max_ports: u32::try_from(cfg.max_ports).unwrap_or(u32::MAX),
                 max_syns: u32::try_from(cfg.max_pending_syns).unwrap_or(u32::MAX),
+                max_sockets: u32::try_from(cfg.max_sockets).unwrap_or(u32::MAX),
             }),
             None,
         )),
@@ -193,6 +194,10 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         }
         Err(e) => return Err(e),
     };
+    if let Some(map) = src.take_sock_times() {
+        // Snapshots look up each CLOSE_WAIT socket's entry time: exact leak ages.
+        tcptrace::source::diag::include_sock_times(map);
+    }
     if let Some(why) = stream_reason
         && args.is_none()
     {

@@ -275,7 +275,7 @@ pub mod counter {
 }
 
 /// In-kernel aggregation: what the kernel keeps so that routine transitions never cross to
-/// userspace. Per socket, a [`SockTimes`] in socket-local storage (freed with the socket); per
+/// userspace. Per socket, a [`SockTimes`] in a table keyed by socket cookie (removed at CLOSE); per
 /// CPU, log-linear histograms ([`Buckets`]) that userspace reads every second and folds into
 /// HdrHistograms. Values are microseconds (queue lengths for the queue metrics).
 pub mod agg {
@@ -362,7 +362,7 @@ pub mod agg {
         pub metric: u16,
     }
 
-    /// What the kernel remembers of one socket (socket-local storage).
+    /// What the kernel remembers of one socket (`SOCKS`, keyed by socket cookie).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct SockTimes {

@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, anyhow, bail};
+use std::sync::{Mutex, OnceLock};
+
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
+use tcptrace_common::agg::SockTimes;
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
@@ -31,6 +34,29 @@ pub struct DiagSocket {
     pub send_q: u32,
     /// The socket's drop counter (SKMEMINFO), when asked for.
     pub drops: Option<u32>,
+    /// When the socket entered its current state (CLOCK_MONOTONIC ns), from the table the
+    /// kernel side keeps in aggregation mode: exact ages without any event. CLOSE_WAIT only.
+    pub since_ns: Option<u64>,
+}
+
+/// Aggregation mode: the kernel's table of socket state-entry times, by socket cookie.
+type SockTimesMap = aya::maps::HashMap<aya::maps::MapData, u64, SockTimes>;
+static SOCK_TIMES: OnceLock<Mutex<SockTimesMap>> = OnceLock::new();
+
+/// Later dumps look CLOSE_WAIT sockets up in the kernel's table of state-entry times (an open
+/// map fd: keeps working after --user drops every capability).
+pub fn include_sock_times(map: SockTimesMap) {
+    let _ = SOCK_TIMES.set(Mutex::new(map));
+}
+
+/// When the socket with this cookie entered `state`, if the kernel side saw it happen.
+fn since_ns(cookie: [u8; 8], state: TcpState) -> Option<u64> {
+    let map = SOCK_TIMES.get()?.lock().ok()?;
+    // sock_diag's cookie is two host-order u32 halves, low first.
+    let lo = u32::from_ne_bytes(cookie[..4].try_into().ok()?);
+    let hi = u32::from_ne_bytes(cookie[4..].try_into().ok()?);
+    let t = map.get(&(u64::from(hi) << 32 | u64::from(lo)), 0).ok()?;
+    (t.since_ns != 0 && TcpState::from_kernel(t.state) == Some(state)).then_some(t.since_ns)
 }
 
 /// Which sockets a dump returns.
@@ -118,6 +144,12 @@ fn dump_family(
                         Nla::MemInfo(m) => Some(m.drops),
                         _ => None,
                     });
+                    // Only leak ages need it: one map lookup per CLOSE_WAIT socket.
+                    let since_ns = if state == TcpState::CloseWait {
+                        since_ns(h.socket_id.cookie, state)
+                    } else {
+                        None
+                    };
                     // The kernel's receive queue is rcv_nxt - copied_seq, which counts the peer's
                     // FIN once it has arrived: report unread bytes only.
                     let fin_received = matches!(
@@ -141,6 +173,7 @@ fn dump_family(
                         recv_q,
                         send_q: h.send_queue,
                         drops,
+                        since_ns,
                     });
                 }
                 _ => {}

@@ -366,6 +366,8 @@ impl<R: Read> Replay<R> {
                                 recv_q: raw.tgid,
                                 send_q: raw.tid,
                                 drops: (raw.aux != u64::MAX).then_some(raw.aux as u32),
+                                // Recordings are made while streaming: no storage.
+                                since_ns: None,
                             });
                         }
                         COUNTER => {
@@ -551,6 +553,7 @@ mod tests {
                 recv_q: 3,
                 send_q: 128,
                 drops: Some(41),
+                since_ns: None,
             }],
             counters: BTreeMap::from([("ListenDrops", 41), ("ListenOverflows", 40)]),
             sysctls: BTreeMap::from([("net.ipv4.ip_local_port_range", "32768 60999".to_string())]),

@@ -70,6 +70,8 @@ pub struct KernelAggregation {
     pub max_ports: u32,
     /// SYNs that may wait for their accepted socket at once.
     pub max_syns: u32,
+    /// Sockets whose state-entry time the kernel keeps at once (`--max-sockets`).
+    pub max_sockets: u32,
 }
 
 impl Default for KernelOptions {
@@ -231,6 +233,7 @@ impl KernelSource {
             // Up to 20 metrics per port (dwell in 11 states, handshakes, queues).
             loader.map_max_entries("PORT_HISTS", a.max_ports.saturating_mul(20).max(20));
             loader.map_max_entries("SYNS", a.max_syns.max(1));
+            loader.map_max_entries("SOCKS", a.max_sockets.max(1));
         }
         let mut ebpf = loader
             .override_global("OFFSETS", &layout, true)
@@ -400,6 +403,15 @@ impl KernelSource {
             Some(r) => r.read(&self.counters, now_ns).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Aggregation mode: the kernel's table of socket state-entry times (by socket cookie),
+    /// for sock_diag snapshots to look CLOSE_WAIT sockets up in. Once.
+    pub fn take_sock_times(
+        &mut self,
+    ) -> Option<aya::maps::HashMap<MapData, u64, tcptrace_common::agg::SockTimes>> {
+        self.agg.as_ref()?;
+        aya::maps::HashMap::try_from(self._ebpf.take_map("SOCKS")?).ok()
     }
 
     /// Sums the per-CPU counters.
