@@ -93,11 +93,13 @@ pub fn show(what: &str, f: &Finished) -> String {
 }
 
 /// The closing line every mode prints on stderr:
-/// `tcptrace: N events received, [M shown, ]L lost (ring buffer full or skipped by the kernel), U undecodable,
-/// E sockets evicted, Ts` ("shown" only in `events` mode).
+/// `tcptrace: N events received, [K state changes measured in the kernel, ][M shown, ]L lost (ring
+/// buffer full or skipped by the kernel), U undecodable, E sockets evicted, Ts` ("shown" only in
+/// `events` mode, the in-kernel count only with in-kernel aggregation).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Closing {
     pub received: u64,
+    pub in_kernel: Option<u64>,
     pub shown: Option<u64>,
     pub lost: u64,
     pub undecodable: u64,
@@ -107,20 +109,26 @@ pub struct Closing {
 
 pub fn parse_closing(line: &str) -> Option<Closing> {
     let rest = line.strip_prefix("tcptrace: ")?;
-    let parts: Vec<&str> = rest.split(", ").collect();
+    let mut parts: Vec<&str> = rest.split(", ").collect();
     let num = |s: &str, suffix: &str| -> Option<u64> { s.strip_suffix(suffix)?.parse().ok() };
-    let (shown, tail) = match parts.len() {
-        6 => (Some(num(parts[1], " shown")?), &parts[2..]),
-        5 => (None, &parts[1..]),
-        _ => return None,
+    let mut optional = |suffix: &str| -> Option<u64> {
+        let v = parts.get(1).and_then(|p| num(p, suffix))?;
+        parts.remove(1);
+        Some(v)
     };
+    let in_kernel = optional(" state changes measured in the kernel");
+    let shown = optional(" shown");
+    if parts.len() != 5 {
+        return None;
+    }
     Some(Closing {
         received: num(parts[0], " events received")?,
+        in_kernel,
         shown,
-        lost: num(tail[0], " lost (ring buffer full or skipped by the kernel)")?,
-        undecodable: num(tail[1], " undecodable")?,
-        evicted: num(tail[2], " sockets evicted")?,
-        secs: tail[3].strip_suffix('s')?.parse().ok()?,
+        lost: num(parts[1], " lost (ring buffer full or skipped by the kernel)")?,
+        undecodable: num(parts[2], " undecodable")?,
+        evicted: num(parts[3], " sockets evicted")?,
+        secs: parts[4].strip_suffix('s')?.parse().ok()?,
     })
 }
 
@@ -544,6 +552,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.shown, Some(3));
+        let c = parse_closing(
+            "tcptrace: 4 events received, 70 state changes measured in the kernel, 0 lost (ring buffer full or skipped by the kernel), 1 undecodable, 2 sockets evicted, 4.0s",
+        )
+        .unwrap();
+        assert_eq!((c.in_kernel, c.shown, c.received), (Some(70), None, 4));
         assert!(parse_closing("tcptrace: attached 5 programs").is_none());
     }
 

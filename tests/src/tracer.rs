@@ -296,22 +296,16 @@ impl TracerOutput {
     }
 }
 
-/// `tcptrace: N events received, M shown, L lost (ring buffer full or skipped by the kernel), U undecodable,
-/// E sockets evicted, Ts`
+/// The closing line of an `events` run (which has the "M shown" part).
 pub fn parse_summary(line: &str) -> Option<Summary> {
-    let rest = line.strip_prefix("tcptrace: ")?;
-    let parts: Vec<&str> = rest.split(", ").collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let num = |s: &str, suffix: &str| -> Option<u64> { s.strip_suffix(suffix)?.parse().ok() };
+    let c = crate::outputs::parse_closing(line)?;
     Some(Summary {
-        received: num(parts[0], " events received")?,
-        shown: num(parts[1], " shown")?,
-        lost: num(parts[2], " lost (ring buffer full or skipped by the kernel)")?,
-        undecodable: num(parts[3], " undecodable")?,
-        evicted: num(parts[4], " sockets evicted")?,
-        secs: parts[5].strip_suffix('s')?.parse().ok()?,
+        received: c.received,
+        shown: c.shown?,
+        lost: c.lost,
+        undecodable: c.undecodable,
+        evicted: c.evicted,
+        secs: c.secs,
     })
 }
 

@@ -380,6 +380,9 @@ fn sigstop_under_load_loses_events_visibly_and_nothing_absurd() {
     let summary_path = dir.arg("s.json");
     let tracer = Tracer::start(&[
         "watch",
+        // The streaming path: its ring buffer and userspace tables are what is tested.
+        "--aggregate",
+        "user",
         "--netns",
         ns.path_str(),
         "--ring-size",
@@ -509,6 +512,9 @@ fn socket_table_stays_bounded_under_a_churn() {
     let summary_path = dir.arg("s.json");
     let tracer = Tracer::start(&[
         "watch",
+        // The streaming path: its ring buffer and userspace tables are what is tested.
+        "--aggregate",
+        "user",
         "--netns",
         ns.path_str(),
         "--max-sockets",
@@ -653,6 +659,9 @@ fn half_open_flood(
     let summary_path = dir.arg("s.json");
     let tracer = Tracer::start(&[
         "watch",
+        // The streaming path: its ring buffer and userspace tables are what is tested.
+        "--aggregate",
+        "user",
         "--netns",
         ns.path_str(),
         "--json-summary",

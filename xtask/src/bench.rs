@@ -142,6 +142,69 @@ fn churn(ns: &Path, threads: usize, secs: u64, rate: Option<u64>) -> Result<u64>
     Ok(total.load(Ordering::Relaxed))
 }
 
+/// Resident memory of a process (VmRSS), KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The soak: `tcptrace watch` (defaults) under a steady churn of `rate` connections/s for
+/// `minutes`, its resident memory sampled every 10 s. Memory must stay flat: the figures are the
+/// first sample after a minute's warm-up, the highest, the last, and the slope of a least-squares
+/// line through the samples after warm-up.
+pub fn soak(tracer: &Path, minutes: u64, rate: u64) -> Result<String> {
+    let ns = Netns::new()?;
+    let t = start_tracer(Config::Watch, tracer)?.context("tracer")?;
+    let pid = t.child.id();
+    let secs = minutes * 60;
+    let nspath = ns.path();
+    let load = std::thread::spawn(move || churn(&nspath, 2, secs, Some(rate)));
+    let started = Instant::now();
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(10));
+        let rss = rss_kib(pid).context("tracer exited during the soak")?;
+        samples.push((started.elapsed().as_secs_f64(), rss));
+        eprintln!(
+            "xtask: soak {:>5.0} s  tracer RSS {} KiB",
+            started.elapsed().as_secs_f64(),
+            rss
+        );
+    }
+    let made = load.join().map_err(|_| anyhow!("load thread panicked"))??;
+    let mut t = t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let _ = t.child.wait();
+    let err = t.stderr.join().unwrap_or_default();
+    let (events, lost) = parse_summary(&err);
+    let warm: Vec<(f64, u64)> = samples.iter().copied().filter(|(t, _)| *t >= 60.0).collect();
+    let n = warm.len().max(1) as f64;
+    let (mx, my) = (
+        warm.iter().map(|(t, _)| t).sum::<f64>() / n,
+        warm.iter().map(|(_, r)| *r as f64).sum::<f64>() / n,
+    );
+    let cov: f64 = warm.iter().map(|(t, r)| (t - mx) * (*r as f64 - my)).sum();
+    let var: f64 = warm.iter().map(|(t, _)| (t - mx).powi(2)).sum();
+    let slope_kib_per_h = if var > 0.0 { cov / var * 3600.0 } else { 0.0 };
+    Ok(format!(
+        "Soak: tcptrace watch, {minutes} min at {rate} connections/s ({made} connections, {:.0}/s achieved), {events} state changes and events, {} lost.\nTracer RSS after 1 min {} KiB, highest {} KiB, last {} KiB; trend {:+.0} KiB/hour (least squares over {} samples).",
+        made as f64 / secs as f64,
+        lost.map_or("?".into(), |l| l.to_string()),
+        warm.first().map_or(0, |s| s.1),
+        samples.iter().map(|s| s.1).max().unwrap_or(0),
+        samples.last().map_or(0, |s| s.1),
+        slope_kib_per_h,
+        warm.len()
+    ))
+}
+
 /// CPU time (user + system) of a process so far, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

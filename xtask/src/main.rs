@@ -98,6 +98,10 @@ enum Cmd {
         /// Only the aggregator benchmark
         #[arg(long)]
         aggregator_only: bool,
+        /// Instead of the overhead runs: the soak, `tcptrace watch` under a steady churn at
+        /// --fixed-rate for this many minutes, its memory sampled every 10 s
+        #[arg(long, value_name = "MINUTES")]
+        soak: Option<u64>,
     },
     /// Fuzz the parsers of untrusted input (recordings, histogram logs, tracefs format files,
     /// kernel records) with cargo-fuzz, each for a bounded time, from the kept regression corpus
@@ -171,8 +175,17 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             threads,
             fixed_rate,
             aggregator_only,
+            soak,
         } => {
             ctx.setup()?;
+            if let Some(minutes) = soak {
+                if !is_root() {
+                    bail!("the soak loads the tracer and makes a network namespace: run it as root");
+                }
+                ctx.build(true)?;
+                println!("{}", bench::soak(&ctx.tracer_bin(true), minutes, fixed_rate.max(1))?);
+                return Ok(ExitCode::SUCCESS);
+            }
             step(
                 "aggregator benchmark",
                 &mut ctx.cargo("bench -p tcptrace --bench aggregate"),

@@ -53,13 +53,17 @@ pub fn render(
             );
         }
     }
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "connections/s  opened {:.1}  closed {:.1}   tracked sockets {}",
+        "connections/s  opened {:.1}  closed {:.1}",
         rate(opens, prev.opens),
         rate(agg.closed, prev.closed),
-        agg.tracked()
     );
+    // In aggregation mode the kernel holds the per-socket table; userspace has none to count.
+    if agg.in_kernel.is_none() {
+        let _ = write!(out, "   tracked sockets {}", agg.tracked());
+    }
+    out.push('\n');
     let _ = writeln!(
         out,
         "\n{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
