@@ -521,7 +521,7 @@ fn sockops_aggregate(ctx: &SockOpsContext, kind: u8, sk: u64, cookie: u64, famil
         }
         let now = unsafe { bpf_ktime_get_ns() };
         // The first SYN's time is kept (a retransmitted SYN finds its entry: EEXIST).
-        if let Err(e) = SYNS.insert(&key, &now, BPF_NOEXIST as u64)
+        if let Err(e) = SYNS.insert(key, now, BPF_NOEXIST as u64)
             && e == -7
         {
             bump(counter::PENDING_FULL); // -E2BIG: the table is full
@@ -529,11 +529,11 @@ fn sockops_aggregate(ctx: &SockOpsContext, kind: u8, sk: u64, cookie: u64, famil
         return;
     }
     // PASSIVE_ESTABLISHED_CB: `sk` is the accepted socket.
-    let Some(&syn_ns) = (unsafe { SYNS.get(&key) }) else {
+    let Some(&syn_ns) = (unsafe { SYNS.get(key) }) else {
         bump(counter::PASSIVE_UNMATCHED);
         return;
     };
-    let _ = SYNS.remove(&key);
+    let _ = SYNS.remove(key);
     let now = unsafe { bpf_ktime_get_ns() };
     let us = now.saturating_sub(syn_ns) / 1000;
     hist_add(agg::PASSIVE, us);
@@ -597,15 +597,15 @@ fn port_hist_add(port: u16, metric: u16, v: u64) {
         return;
     }
     let key = PortKey { port, metric };
-    let row = match PORT_HISTS.get_ptr_mut(&key) {
+    let row = match PORT_HISTS.get_ptr_mut(key) {
         Some(r) => r,
         None => {
             let Some(zero) = ZERO_ROW.get(0) else {
                 return;
             };
             // Fails when full, or when another CPU just made the row (found below).
-            let _ = PORT_HISTS.insert(&key, zero, BPF_NOEXIST as u64);
-            match PORT_HISTS.get_ptr_mut(&key) {
+            let _ = PORT_HISTS.insert(key, zero, BPF_NOEXIST as u64);
+            match PORT_HISTS.get_ptr_mut(key) {
                 Some(r) => r,
                 None => {
                     bump(counter::PORTS_FULL);
@@ -680,7 +680,7 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         bump(counter::CLOSED);
     }
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    let st = match SOCKS.get_ptr_mut(&cookie) {
+    let st = match SOCKS.get_ptr_mut(cookie) {
         Some(p) => p,
         None if closing => {
             // Older than the run and closing now: nothing to measure, nothing to keep.
@@ -688,8 +688,8 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
             return 0;
         }
         None => {
-            let _ = SOCKS.insert(&cookie, &SockTimes::default(), BPF_NOEXIST as u64);
-            match SOCKS.get_ptr_mut(&cookie) {
+            let _ = SOCKS.insert(cookie, SockTimes::default(), BPF_NOEXIST as u64);
+            match SOCKS.get_ptr_mut(cookie) {
                 Some(p) => p,
                 None => {
                     // The table is full (--max-sockets).
@@ -736,7 +736,7 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         if s.born_ns != 0 {
             hist_add(agg::LIFETIME, now.saturating_sub(s.born_ns) / 1000);
         }
-        let _ = SOCKS.remove(&cookie);
+        let _ = SOCKS.remove(cookie);
         return 0;
     }
     s.state = new as u8;
