@@ -7,7 +7,7 @@ use crate::{
     diagnose::Leak,
     event::{Event, EventKind, TcpState, rst_reason_name},
     lifecycle::Outcome,
-    sink::WallClock,
+    sink::{Rfc3339Cache, WallClock},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,9 @@ pub struct EventsSink<W: Write> {
     format: Format,
     clock: WallClock,
     header_done: bool,
+    /// Reused for every JSON line.
+    line: Vec<u8>,
+    times: Rfc3339Cache,
 }
 
 /// One JSON line. Field names are a stable interface: add, never rename.
@@ -50,6 +53,49 @@ struct JsonEvent<'a> {
     age_s: Option<f64>,
     age_is_lower_bound: Option<bool>,
     recv_q: Option<u32>,
+}
+
+/// Lower-case hex without leading zeros, as `{:x}` prints it.
+fn hex(b: &mut Vec<u8>, v: u64) {
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        b.push(b"0123456789abcdef"[((v >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+/// An address as `Display` prints it (IPv4 by hand: it is most of them).
+fn ip(b: &mut Vec<u8>, a: std::net::IpAddr) {
+    match a {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    b.push(b'.');
+                }
+                b.extend_from_slice(n.format(*o).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(b, "{v6}");
+        }
+    }
+}
+
+/// A JSON string, escaped.
+fn json_str(b: &mut Vec<u8>, s: &str) -> io::Result<()> {
+    serde_json::to_writer(b, s).map_err(io::Error::other)
+}
+
+/// A string known to need no escaping (state names), or null.
+fn opt_plain_str(b: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            b.push(b'"');
+            b.extend_from_slice(s.as_bytes());
+            b.push(b'"');
+        }
+        None => b.extend_from_slice(b"null"),
+    }
 }
 
 fn state_name(s: Option<TcpState>) -> Option<&'static str> {
@@ -84,6 +130,8 @@ impl<W: Write> EventsSink<W> {
             format,
             clock,
             header_done: false,
+            line: Vec::with_capacity(512),
+            times: Rfc3339Cache::default(),
         }
     }
 
@@ -185,6 +233,10 @@ impl<W: Write> EventsSink<W> {
         )
     }
 
+    /// The hot path of `events --json`: written by hand into one reused buffer (serde's
+    /// generic string escaping and per-field allocations cost ten times more). Same keys, same
+    /// order and same text as [`JsonEvent`], which the leak lines still use; only `comm` and
+    /// `owner_comm` can hold characters that need escaping.
     fn write_json(&mut self, ev: &Event, outcome: &Outcome) -> io::Result<()> {
         let (old_state, new_state, state, reason) = match ev.kind {
             EventKind::State { old, new } => (Some(old.name()), Some(new.name()), None, None),
@@ -202,35 +254,68 @@ impl<W: Write> EventsSink<W> {
                 (None, None, Some("SYN_RECV"), None)
             }
         };
-        let time = self.clock.rfc3339(ev.ts_ns);
-        let comm = ev.comm.as_str();
-        let line = JsonEvent {
-            time: &time,
-            ts_ns: ev.ts_ns,
-            kind: ev.kind.name(),
-            skaddr: format!("0x{:x}", ev.skaddr),
-            pid: ev.pid,
-            tid: ev.tid,
-            comm: &comm,
-            netns: ev.netns,
-            family: if ev.is_ipv6() { "ipv6" } else { "ipv4" },
-            laddr: ev.local.ip().to_string(),
-            lport: ev.local.port(),
-            raddr: ev.remote.ip().to_string(),
-            rport: ev.remote.port(),
-            old_state,
-            new_state,
-            state,
-            dwell_ms: outcome.dwell_ns.map(|ns| ns as f64 / 1e6),
-            reason,
-            owner_pid: outcome.owner.map(|o| o.pid),
-            owner_comm: outcome.owner.map(|o| o.comm.as_str().into_owned()),
-            age_s: None,
-            age_is_lower_bound: None,
-            recv_q: None,
-        };
-        serde_json::to_writer(&mut self.out, &line)?;
-        self.out.write_all(b"\n")
+        let mut b = std::mem::take(&mut self.line);
+        b.clear();
+        let mut n = itoa::Buffer::new();
+        b.extend_from_slice(b"{\"time\":\"");
+        self.times.write(&self.clock, ev.ts_ns, &mut b);
+        b.extend_from_slice(b"\",\"ts_ns\":");
+        b.extend_from_slice(n.format(ev.ts_ns).as_bytes());
+        b.extend_from_slice(b",\"kind\":\"");
+        b.extend_from_slice(ev.kind.name().as_bytes());
+        b.extend_from_slice(b"\",\"skaddr\":\"0x");
+        hex(&mut b, ev.skaddr);
+        b.extend_from_slice(b"\",\"pid\":");
+        b.extend_from_slice(n.format(ev.pid).as_bytes());
+        b.extend_from_slice(b",\"tid\":");
+        b.extend_from_slice(n.format(ev.tid).as_bytes());
+        b.extend_from_slice(b",\"comm\":");
+        json_str(&mut b, &ev.comm.as_str())?;
+        b.extend_from_slice(b",\"netns\":");
+        b.extend_from_slice(n.format(ev.netns).as_bytes());
+        b.extend_from_slice(if ev.is_ipv6() {
+            b",\"family\":\"ipv6\",\"laddr\":\""
+        } else {
+            b",\"family\":\"ipv4\",\"laddr\":\""
+        });
+        ip(&mut b, ev.local.ip());
+        b.extend_from_slice(b"\",\"lport\":");
+        b.extend_from_slice(n.format(ev.local.port()).as_bytes());
+        b.extend_from_slice(b",\"raddr\":\"");
+        ip(&mut b, ev.remote.ip());
+        b.extend_from_slice(b"\",\"rport\":");
+        b.extend_from_slice(n.format(ev.remote.port()).as_bytes());
+        for (key, v) in [
+            (&b",\"old_state\":"[..], old_state),
+            (b",\"new_state\":", new_state),
+            (b",\"state\":", state),
+        ] {
+            b.extend_from_slice(key);
+            opt_plain_str(&mut b, v);
+        }
+        b.extend_from_slice(b",\"dwell_ms\":");
+        match outcome.dwell_ns {
+            Some(ns) => serde_json::to_writer(&mut b, &(ns as f64 / 1e6))?,
+            None => b.extend_from_slice(b"null"),
+        }
+        b.extend_from_slice(b",\"reason\":");
+        match &reason {
+            Some(r) => json_str(&mut b, r)?,
+            None => b.extend_from_slice(b"null"),
+        }
+        b.extend_from_slice(b",\"owner_pid\":");
+        match outcome.owner {
+            Some(o) => {
+                b.extend_from_slice(n.format(o.pid).as_bytes());
+                b.extend_from_slice(b",\"owner_comm\":");
+                json_str(&mut b, &o.comm.as_str())?;
+            }
+            None => b.extend_from_slice(b"null,\"owner_comm\":null"),
+        }
+        b.extend_from_slice(b",\"age_s\":null,\"age_is_lower_bound\":null,\"recv_q\":null}\n");
+        let r = self.out.write_all(&b);
+        self.line = b;
+        r
     }
 }
 
@@ -258,6 +343,21 @@ mod tests {
         let mut s = EventsSink::new(Vec::new(), format, WallClock::with_offset(0));
         s.write(e, o).unwrap();
         String::from_utf8(s.out).unwrap()
+    }
+
+    #[test]
+    fn hand_written_hex_and_addresses_match_display() {
+        for v in [0u64, 1, 0xf, 0x10, 0xffff_8881_0d7e_5c0, u64::MAX] {
+            let mut b = Vec::new();
+            hex(&mut b, v);
+            assert_eq!(String::from_utf8(b).unwrap(), format!("{v:x}"));
+        }
+        for a in ["0.0.0.0", "127.0.0.1", "255.10.0.9", "::1", "fe80::1:2", "::ffff:10.0.0.1"] {
+            let a: std::net::IpAddr = a.parse().unwrap();
+            let mut b = Vec::new();
+            ip(&mut b, a);
+            assert_eq!(String::from_utf8(b).unwrap(), a.to_string());
+        }
     }
 
     #[test]

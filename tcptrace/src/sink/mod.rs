@@ -55,9 +55,53 @@ impl WallClock {
     }
 }
 
+/// [`WallClock::rfc3339`] for a stream of nearby timestamps: the date and time of day are
+/// formatted once per second, the microseconds appended. Same text.
+#[derive(Default)]
+pub struct Rfc3339Cache {
+    second: Option<u64>,
+    prefix: String,
+}
+
+impl Rfc3339Cache {
+    pub fn write(&mut self, clock: &WallClock, mono_ns: u64, out: &mut Vec<u8>) {
+        let t = clock.to_system_time(mono_ns);
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        if self.second != Some(secs) {
+            // `YYYY-MM-DDTHH:MM:SSZ`: keep all but the `Z`.
+            let full = humantime::format_rfc3339_seconds(t).to_string();
+            self.prefix = full.trim_end_matches('Z').to_string();
+            self.second = Some(secs);
+        }
+        out.extend_from_slice(self.prefix.as_bytes());
+        let micros = since.subsec_micros();
+        let mut digits = [b'0'; 6];
+        let mut m = micros;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        out.push(b'.');
+        out.extend_from_slice(&digits);
+        out.push(b'Z');
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_rfc3339_is_the_same_text() {
+        let c = WallClock::with_offset(1_700_000_000_000_000_000);
+        let mut cache = Rfc3339Cache::default();
+        for ns in [1_500u64, 2_000_000, 999_999_999, 1_000_000_000, 86_400_123_456_789] {
+            let mut out = Vec::new();
+            cache.write(&c, ns, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), c.rfc3339(ns));
+        }
+    }
 
     #[test]
     fn converts_with_the_offset() {
