@@ -24,15 +24,14 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP,
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
+    bindings::{BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RWND_INIT},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_probe_read_kernel,
     },
-    bindings::{BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RWND_INIT},
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{btf_tracepoint, map, sock_ops, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, SockOpsContext, TracePointContext},
@@ -170,7 +169,11 @@ impl Record {
             buf: core::mem::MaybeUninit::uninit(),
             len: len as usize,
         };
-        read_into(r.buf.as_mut_ptr().cast::<u8>(), len as u32, ctx.as_ptr() as *const u8);
+        read_into(
+            r.buf.as_mut_ptr().cast::<u8>(),
+            len as u32,
+            ctx.as_ptr() as *const u8,
+        );
         r
     }
 
@@ -492,7 +495,14 @@ pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
 /// to the port's histograms); the accepted socket's ESTABLISHED takes it out and times the
 /// handshake.
 #[inline(always)]
-fn sockops_aggregate(ctx: &SockOpsContext, kind: u8, sk: u64, cookie: u64, family: u16, queues: u32) {
+fn sockops_aggregate(
+    ctx: &SockOpsContext,
+    kind: u8,
+    sk: u64,
+    cookie: u64,
+    family: u16,
+    queues: u32,
+) {
     let ops = ctx.ops;
     let mut key = SynKey {
         cookie,
@@ -550,7 +560,13 @@ fn is_v4_mapped(w0: u32, w1: u32, w2: u32) -> bool {
 /// The user's `--netns`, `-4`/`-6` and `--port` filters, applied in the kernel in aggregation
 /// mode (in streaming mode userspace applies them). `netns` is only called when needed.
 #[inline(always)]
-fn kernel_filter(family: u16, mapped: bool, lport: u16, rport: u16, netns: impl FnOnce() -> u32) -> bool {
+fn kernel_filter(
+    family: u16,
+    mapped: bool,
+    lport: u16,
+    rport: u16,
+    netns: impl FnOnce() -> u32,
+) -> bool {
     let want = global!(CONFIG.family);
     if want != 0 {
         // A v4-mapped peer on an IPv6 socket is an IPv4 connection.
@@ -627,7 +643,13 @@ fn count_retransmits(base: u32, sk: u64) {
     } else {
         0
     };
-    bump(base + if n > counter::RETRANS_CAP { counter::RETRANS_CAP } else { n });
+    bump(
+        base + if n > counter::RETRANS_CAP {
+            counter::RETRANS_CAP
+        } else {
+            n
+        },
+    );
 }
 
 const TCP_CLOSE: i32 = 7;
@@ -705,7 +727,11 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         || (old == TCP_LISTEN && new == TCP_SYN_RECV);
     if born {
         s.born_ns = now;
-        s.flags = if old == TCP_LISTEN { agg::FLAG_PASSIVE } else { 0 };
+        s.flags = if old == TCP_LISTEN {
+            agg::FLAG_PASSIVE
+        } else {
+            0
+        };
         s.port = lport;
     } else if s.since_ns != 0 && i32::from(s.state) == old {
         let us = now.saturating_sub(s.since_ns) / 1000;

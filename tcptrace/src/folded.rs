@@ -208,16 +208,22 @@ mod tests {
     #[test]
     fn buckets_cover_every_value_within_one_sixty_fourth() {
         for w in (0..5000u64).collect::<Vec<_>>().windows(2) {
-            assert!(agg::bucket(w[0]) <= agg::bucket(w[1]), "buckets are monotonic");
+            assert!(
+                agg::bucket(w[0]) <= agg::bucket(w[1]),
+                "buckets are monotonic"
+            );
         }
-        for v in (0..5000u64).chain((1..=32).map(|s| (1u64 << s) - 1)).chain([
-            123_456_789,
-            u64::from(u32::MAX),
-        ]) {
+        for v in (0..5000u64)
+            .chain((1..=32).map(|s| (1u64 << s) - 1))
+            .chain([123_456_789, u64::from(u32::MAX)])
+        {
             let b = agg::bucket(v);
             assert!(b < agg::BUCKETS, "{v} -> {b}");
             let (low, high) = agg::bounds(b);
-            assert!(low <= v && v < high, "{v} not in bucket {b} [{low}, {high})");
+            assert!(
+                low <= v && v < high,
+                "{v} not in bucket {b} [{low}, {high})"
+            );
             let mid = bucket_value(b);
             assert!(
                 mid.abs_diff(v) as f64 <= v as f64 / 64.0 + 0.5,
@@ -229,7 +235,11 @@ mod tests {
         assert_eq!(agg::bucket(u64::MAX), agg::BUCKETS - 1);
         // Every bucket is reachable and they tile the range without holes.
         for b in 1..agg::BUCKETS {
-            assert_eq!(agg::bounds(b - 1).1, agg::bounds(b).0, "hole before bucket {b}");
+            assert_eq!(
+                agg::bounds(b - 1).1,
+                agg::bounds(b).0,
+                "hole before bucket {b}"
+            );
             assert_eq!(agg::bucket(agg::bounds(b).0), b);
         }
     }
@@ -262,10 +272,17 @@ mod tests {
         let mut f = Folded {
             rows: vec![
                 (Row::Active, vec![(ms(1000), 5)]),
-                (Row::Dwell(TcpState::CloseWait), vec![(ms(200), 3), (ms(400), 1)]),
+                (
+                    Row::Dwell(TcpState::CloseWait),
+                    vec![(ms(200), 3), (ms(400), 1)],
+                ),
             ],
             ports: vec![
-                (8080, PortMetric::Dwell(TcpState::Established), vec![(ms(10), 2)]),
+                (
+                    8080,
+                    PortMetric::Dwell(TcpState::Established),
+                    vec![(ms(10), 2)],
+                ),
                 (8080, PortMetric::AcceptQueue, vec![(agg::bucket(3), 4)]),
                 // Beyond --max-ports 1: counted as overflow, not broken out.
                 (9090, PortMetric::Passive, vec![(ms(1), 1)]),
@@ -301,7 +318,10 @@ mod tests {
         let mut f = Folded::default();
         f.set_counters(|i| u64::from(i) * 10);
         assert_eq!(f.active_opens, u64::from(counter::ACTIVE_OPENS) * 10);
-        assert_eq!(f.counts.syns_table_full, u64::from(counter::PENDING_FULL) * 10);
+        assert_eq!(
+            f.counts.syns_table_full,
+            u64::from(counter::PENDING_FULL) * 10
+        );
         assert_eq!(
             f.passive_by_synack_retransmits[7],
             u64::from(counter::PASSIVE_RETRANS + 7) * 10

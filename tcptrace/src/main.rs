@@ -6,7 +6,6 @@ use std::{
 
 use anyhow::bail;
 use clap::Parser as _;
-use tcptrace_common::{AF_INET, AF_INET6, MAX_KERNEL_PORTS};
 use tcptrace::{
     aggregate::{AggregatorConfig, PassiveMethod},
     cli::{Aggregate, Cli, Command, CommonArgs, EventsArgs, ReplayArgs, ReportArgs},
@@ -28,6 +27,7 @@ use tcptrace::{
         record::{Item, Replay},
     },
 };
+use tcptrace_common::{AF_INET, AF_INET6, MAX_KERNEL_PORTS};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -176,6 +176,15 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     let out = outputs(common)?;
     let metrics = common.metrics_addr.map(prometheus::serve).transpose()?;
     let drop_to = common.user.as_deref().map(privileges::lookup).transpose()?;
+    if let (Some(acct), Some(name)) = (drop_to, common.user.as_deref()) {
+        // The JSON summary is renamed into place at exit, as that user.
+        if let Some(path) = &common.json_summary {
+            privileges::check_dir_writable(acct, name, path)?;
+        }
+        if let Some(f) = &out.json_summary {
+            f.chown(acct.uid, acct.gid)?;
+        }
+    }
     let (aggregate, stream_reason) = choose_aggregation(common, args.is_some(), &filter_cfg)?;
     let mut opts = KernelOptions {
         ring_bytes: common.ring_size,
@@ -201,7 +210,9 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     if let Some(why) = stream_reason
         && args.is_none()
     {
-        eprintln!("tcptrace: streaming every event to userspace ({why}); costs more than in-kernel aggregation");
+        eprintln!(
+            "tcptrace: streaming every event to userspace ({why}); costs more than in-kernel aggregation"
+        );
     }
     if src.mounted_tracefs {
         eprintln!("tcptrace: tracefs was not mounted; mounted it at /sys/kernel/tracing");

@@ -60,6 +60,13 @@ impl AtomicFile {
         })
     }
 
+    /// Hands the prepared temporary file to the user tcptrace is about to become (--user), so
+    /// it can still write and rename it at exit.
+    pub fn chown(&self, uid: u32, gid: u32) -> anyhow::Result<()> {
+        std::os::unix::fs::lchown(&self.tmp, Some(uid), Some(gid))
+            .with_context(|| format!("handing {} to uid {uid}", self.tmp.display()))
+    }
+
     pub fn commit(self, content: &[u8]) -> anyhow::Result<()> {
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new()

@@ -37,6 +37,29 @@ pub fn lookup(name: &str) -> anyhow::Result<Account> {
 
 /// Switches to `acct` for good: supplementary groups cleared, gid then uid, all capabilities
 /// gone (a root -> non-root setuid clears them), no new privileges through exec.
+/// Files written at exit (the JSON summary's rename, the histogram log's `.hgrm`) are created
+/// after the drop, so their directory must let `acct` create and rename files there. Checked
+/// before anything is attached, from the directory's owner, group and mode bits.
+pub fn check_dir_writable(acct: Account, name: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let m = std::fs::metadata(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mode = m.mode();
+    let ok = (m.uid() == acct.uid && mode & 0o300 == 0o300)
+        || (m.gid() == acct.gid && mode & 0o030 == 0o030)
+        || mode & 0o003 == 0o003;
+    if !ok {
+        bail!(
+            "--user {name}: {} is not writable by that user, and files are written there at exit: pick a directory it can write (or chown it)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn drop_to(acct: Account) -> anyhow::Result<()> {
     // SAFETY: plain syscalls; glibc applies the credential changes to every thread.
     unsafe {

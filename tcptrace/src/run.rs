@@ -117,9 +117,7 @@ pub async fn run_live(
         // Folded before the tick, so the view shows the latest second; and after this drain,
         // so the retransmits streamed meanwhile are in too.
         let tick_due = last_tick.elapsed() >= tick_every || stopping;
-        let folded = if src.aggregating()
-            && (last_fold.elapsed() >= FOLD_INTERVAL || tick_due)
-        {
+        let folded = if src.aggregating() && (last_fold.elapsed() >= FOLD_INTERVAL || tick_due) {
             last_fold = Instant::now();
             src.fold(crate::sink::monotonic_now_ns())?
         } else {

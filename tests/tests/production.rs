@@ -1350,3 +1350,76 @@ fn unknown_user_fails_before_attaching() {
         "attached before failing; {ctx}"
     );
 }
+
+/// --user: outputs written at exit (the JSON summary renamed into place, the histogram log's
+/// .hgrm) are complete although the tracer no longer is root, and snapshots of its own
+/// namespace go on (a listener on loopback is diagnosed); a directory the user cannot write
+/// fails before anything is attached.
+#[test]
+fn user_drop_keeps_exit_outputs_and_own_namespace_snapshots() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("user-outputs");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (sum, hlog) = (dir.arg("s.json"), dir.arg("h.hlog"));
+    let f = run_tracer(
+        &[
+            "watch",
+            "--user",
+            "nobody",
+            "--duration",
+            "3s",
+            "--poll-interval",
+            "500ms",
+            "--json-summary",
+            &sum,
+            "--hdr-log",
+            &hlog,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(f.status.success(), "{}", show("tracer --user nobody", &f));
+    let s = read_summary(&dir.file("s.json"));
+    let ours = s["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["port"].as_u64() == Some(u64::from(port)));
+    assert!(
+        ours,
+        "listener 127.0.0.1:{port} not in the summary after the drop:\n{s:#}"
+    );
+    let hgrm = std::fs::read_to_string(dir.file("h.hlog.hgrm")).unwrap();
+    assert!(hgrm.contains("handshake.active"), "empty .hgrm:\n{hgrm}");
+    drop(listener);
+
+    let closed = TempDir::new("user-closed");
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = closed.arg("s.json");
+    let f = run_tracer(
+        &[
+            "watch",
+            "--user",
+            "nobody",
+            "--duration",
+            "1s",
+            "--json-summary",
+            &target,
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(f.status.code(), Some(1), "{}", show("unwritable dir", &f));
+    let lines: Vec<&str> = f.stderr.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("not writable by that user"),
+        "want one error line naming the fix: {}",
+        show("unwritable dir", &f)
+    );
+    assert!(!f.stderr.contains("attached"), "failed after attaching");
+    assert!(
+        closed.names().is_empty(),
+        "left files: {:?}",
+        closed.names()
+    );
+}

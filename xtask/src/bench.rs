@@ -184,7 +184,11 @@ pub fn soak(tracer: &Path, minutes: u64, rate: u64) -> Result<String> {
     let _ = t.child.wait();
     let err = t.stderr.join().unwrap_or_default();
     let (events, lost) = parse_summary(&err);
-    let warm: Vec<(f64, u64)> = samples.iter().copied().filter(|(t, _)| *t >= 60.0).collect();
+    let warm: Vec<(f64, u64)> = samples
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t >= 60.0)
+        .collect();
     let n = warm.len().max(1) as f64;
     let (mx, my) = (
         warm.iter().map(|(t, _)| t).sum::<f64>() / n,

@@ -180,10 +180,15 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             ctx.setup()?;
             if let Some(minutes) = soak {
                 if !is_root() {
-                    bail!("the soak loads the tracer and makes a network namespace: run it as root");
+                    bail!(
+                        "the soak loads the tracer and makes a network namespace: run it as root"
+                    );
                 }
                 ctx.build(true)?;
-                println!("{}", bench::soak(&ctx.tracer_bin(true), minutes, fixed_rate.max(1))?);
+                println!(
+                    "{}",
+                    bench::soak(&ctx.tracer_bin(true), minutes, fixed_rate.max(1))?
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             step(

@@ -306,7 +306,11 @@ pub mod agg {
     /// The bucket of `v`: exact below 64, then 32 per power of two.
     #[inline(always)]
     pub fn bucket(v: u64) -> usize {
-        let v = if v > u32::MAX as u64 { u32::MAX } else { v as u32 };
+        let v = if v > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            v as u32
+        };
         if v < 2 * SUB {
             return v as usize;
         }

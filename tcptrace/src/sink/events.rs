@@ -352,7 +352,14 @@ mod tests {
             hex(&mut b, v);
             assert_eq!(String::from_utf8(b).unwrap(), format!("{v:x}"));
         }
-        for a in ["0.0.0.0", "127.0.0.1", "255.10.0.9", "::1", "fe80::1:2", "::ffff:10.0.0.1"] {
+        for a in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.10.0.9",
+            "::1",
+            "fe80::1:2",
+            "::ffff:10.0.0.1",
+        ] {
             let a: std::net::IpAddr = a.parse().unwrap();
             let mut b = Vec::new();
             ip(&mut b, a);

@@ -30,14 +30,17 @@ pub struct HdrLog {
     /// Cumulative histograms at the end of the previous interval, by tag.
     last: BTreeMap<String, Hist>,
     serializer: V2DeflateSerializer,
+    /// `FILE.hgrm`, opened at start (written at exit through this handle, which keeps working
+    /// after --user).
+    hgrm: File,
 }
 
 impl HdrLog {
     /// Creates the file now, so a bad path fails before tracing starts.
     pub fn create(path: &Path, interval: Duration) -> anyhow::Result<HdrLog> {
-        // Also check the .hgrm path is writable now.
-        output::create(&hgrm_path(path))?;
+        let hgrm = output::create(&hgrm_path(path))?;
         Ok(HdrLog {
+            hgrm,
             out: BufWriter::new(output::create(path)?),
             path: path.to_path_buf(),
             interval_ns: interval.as_nanos().max(1) as u64,
@@ -115,10 +118,9 @@ impl HdrLog {
             text.push_str(&h.percentile_distribution(&tag));
             text.push('\n');
         }
-        let hgrm = hgrm_path(&self.path);
-        let mut f = output::create(&hgrm)?;
+        let mut f = &self.hgrm;
         f.write_all(text.as_bytes())
-            .with_context(|| format!("writing {}", hgrm.display()))
+            .with_context(|| format!("writing {}", hgrm_path(&self.path).display()))
     }
 }
 

@@ -96,7 +96,13 @@ mod tests {
     fn cached_rfc3339_is_the_same_text() {
         let c = WallClock::with_offset(1_700_000_000_000_000_000);
         let mut cache = Rfc3339Cache::default();
-        for ns in [1_500u64, 2_000_000, 999_999_999, 1_000_000_000, 86_400_123_456_789] {
+        for ns in [
+            1_500u64,
+            2_000_000,
+            999_999_999,
+            1_000_000_000,
+            86_400_123_456_789,
+        ] {
             let mut out = Vec::new();
             cache.write(&c, ns, &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), c.rfc3339(ns));

@@ -77,6 +77,15 @@ pub fn run_in<T: Send + 'static>(
     std::thread::Builder::new()
         .name("tcptrace-netns".into())
         .spawn(move || {
+            // Already there (the usual case for the host's namespace): no setns, which also
+            // keeps working after --user dropped CAP_SYS_ADMIN.
+            let here = std::fs::metadata("/proc/thread-self/ns/net")
+                .map(|m| m.ino())
+                .ok();
+            let there = file.metadata().map(|m| m.ino()).ok();
+            if here.is_some() && here == there {
+                return f();
+            }
             // SAFETY: setns on this thread only, with a valid namespace fd.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 bail!(

@@ -58,17 +58,27 @@ fn poll_one(t: &netns::NetnsTarget, time_wait: bool) -> anyhow::Result<Snapshot>
 }
 
 /// Polls every target once. Namespaces that vanished meanwhile are skipped; errors for the
-/// namespace the user named are returned.
+/// namespace the user named are returned, and so is the first error when no namespace at all
+/// could be polled (e.g. after --user dropped the capabilities setns needs), so that it is
+/// reported rather than silently leaving diagnosis without snapshots.
 pub fn poll(targets: &Targets, time_wait: bool) -> anyhow::Result<Vec<Snapshot>> {
     let mut out = Vec::new();
+    let mut first_error = None;
     for t in targets.list() {
         match poll_one(&t, time_wait) {
             Ok(s) => out.push(s),
             Err(e) if matches!(targets, Targets::One(_)) => return Err(e),
-            Err(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    Ok(out)
+    match first_error {
+        Some(e) if out.is_empty() => Err(e.context(
+            "no network namespace could be polled: listener, leak and TIME_WAIT diagnosis is off (after --user, tcptrace can no longer enter other namespaces: run without --user to keep it)",
+        )),
+        _ => Ok(out),
+    }
 }
 
 pub struct Poller {

@@ -273,9 +273,8 @@ impl KernelSource {
                     first_line(&format!("{e:#}"))
                 )
             })?;
-            p.attach().map_err(|e| {
-                anyhow!("attaching state_agg (tp_btf/inet_sock_set_state): {e:#}")
-            })?;
+            p.attach()
+                .map_err(|e| anyhow!("attaching state_agg (tp_btf/inet_sock_set_state): {e:#}"))?;
             attached.push("state_agg");
         }
         for (prog, category, name) in TRACEPOINTS {
@@ -308,9 +307,9 @@ impl KernelSource {
                     .ok_or_else(|| anyhow!("kernel object has no SETTINGS map (build problem)"))?,
             )
             .map_err(|e| anyhow!("map SETTINGS: {e}"))?;
-            settings
-                .set(0, 1, 0)
-                .map_err(|e| anyhow!("telling state_agg to time passive handshakes by srtt: {e}"))?;
+            settings.set(0, 1, 0).map_err(|e| {
+                anyhow!("telling state_agg to time passive handshakes by srtt: {e}")
+            })?;
         }
         let agg = if aggregating {
             Some(aggregates::AggReader::new(&mut ebpf)?)
