@@ -52,6 +52,8 @@ pub type Key = (u32, SocketAddr, SocketAddr);
 
 #[derive(Clone, Debug)]
 struct ListenerState {
+    /// Not in its namespace's last snapshot (closed): kept for the report, evicted first.
+    gone: bool,
     inode: u32,
     limit: u32,
     queue_len: u32,
@@ -129,6 +131,9 @@ pub struct TimeWait {
     pub port_exhaustion: Vec<String>,
 }
 
+/// Listeners remembered at most (closed ones are forgotten first).
+const MAX_LISTENERS: usize = 4096;
+
 pub struct Health {
     cfg: HealthConfig,
     listeners: BTreeMap<(u32, SocketAddr), ListenerState>,
@@ -137,7 +142,9 @@ pub struct Health {
     cw_entered: rustc_hash::FxHashMap<Key, u64>,
     fin_wait2: HashSet<Key>,
     pub fin_wait2_timeouts: u64,
-    time_wait: BTreeMap<u32, Vec<(SocketAddr, SocketAddr)>>,
+    /// TIME_WAIT sockets per namespace, counted by remote end (a busy host has hundreds of
+    /// thousands: only the counts are kept).
+    time_wait: BTreeMap<u32, HashMap<SocketAddr, u64>>,
     counters_base: BTreeMap<(u32, &'static str), i64>,
     counters_now: BTreeMap<(u32, &'static str), i64>,
     pub sysctls: BTreeMap<&'static str, String>,
@@ -241,6 +248,7 @@ impl Health {
             let key = (s.netns, d.local);
             let drops = d.drops.unwrap_or(0);
             let fresh = |drops_base| ListenerState {
+                gone: false,
                 inode: d.inode,
                 limit: d.send_q,
                 queue_len: 0,
@@ -267,7 +275,29 @@ impl Health {
                 l.times_full += 1;
             }
         }
-        // Listeners that are gone stay in the report with their last figures.
+        // Listeners that are gone stay in the report with their last figures, up to a bound
+        // (namespaces and listeners come and go for days on a container host).
+        let present: HashSet<SocketAddr> = s
+            .sockets
+            .iter()
+            .filter(|d| d.state == TcpState::Listen)
+            .map(|d| d.local)
+            .collect();
+        for ((ns, addr), l) in self.listeners.iter_mut() {
+            if *ns == s.netns {
+                l.gone = !present.contains(addr);
+            }
+        }
+        if self.listeners.len() > MAX_LISTENERS {
+            let mut excess = self.listeners.len() - MAX_LISTENERS;
+            self.listeners.retain(|_, l| {
+                if excess > 0 && l.gone {
+                    excess -= 1;
+                    return false;
+                }
+                true
+            });
+        }
 
         // CLOSE_WAIT.
         let mut now_cw = HashSet::new();
@@ -328,7 +358,11 @@ impl Health {
                 }
                 self.fin_wait2.remove(&k);
             }
-            self.time_wait.insert(s.netns, tw);
+            let mut by_remote: HashMap<SocketAddr, u64> = HashMap::new();
+            for (_, r) in &tw {
+                *by_remote.entry(*r).or_default() += 1;
+            }
+            self.time_wait.insert(s.netns, by_remote);
         }
         self.fin_wait2.extend(fw2_now);
         crossed
@@ -494,9 +528,9 @@ impl Health {
         let mut by: HashMap<(IpAddr, u16), u64> = HashMap::new();
         let mut count = 0;
         for tws in self.time_wait.values() {
-            for (_, r) in tws {
-                count += 1;
-                *by.entry((r.ip(), r.port())).or_default() += 1;
+            for (r, n) in tws {
+                count += n;
+                *by.entry((r.ip(), r.port())).or_default() += n;
             }
         }
         let mut v: Vec<RemoteCount> = by
@@ -786,5 +820,22 @@ mod tests {
         );
         h.on_snapshot(&snap(S, vec![tw], 0));
         assert_eq!(h.fin_wait2_timeouts, 1);
+    }
+
+    #[test]
+    fn closed_listeners_are_forgotten_beyond_the_bound_open_ones_never() {
+        let mut h = Health::new(HealthConfig::default());
+        let many: Vec<DiagSocket> = (0..5000u32)
+            .map(|i| {
+                let l = format!("10.0.{}.{}:80", i / 250, i % 250);
+                sock(TcpState::Listen, &l, "0.0.0.0:0", i + 1, 0, 128, Some(0))
+            })
+            .collect();
+        h.on_snapshot(&snap(S, many, 0));
+        assert_eq!(h.listeners.len(), 5000, "open listeners are all kept");
+        let one = vec![sock(TcpState::Listen, "127.0.0.1:8080", "0.0.0.0:0", 9, 0, 128, Some(0))];
+        h.on_snapshot(&snap(2 * S, one, 0));
+        assert_eq!(h.listeners.len(), MAX_LISTENERS);
+        assert!(h.listeners.contains_key(&(7, "127.0.0.1:8080".parse().unwrap())));
     }
 }
