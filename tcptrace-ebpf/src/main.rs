@@ -19,6 +19,9 @@
 //! reader once per event is what makes per-event tools collapse at high connection rates.
 #![no_std]
 #![no_main]
+// For the BPF atomic add (see `port_hist_add`); the kernel programs build with nightly anyway.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use core::ffi::c_void;
 
@@ -33,7 +36,7 @@ use aya_ebpf::{
         generated::bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, sock_ops, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, SockOpsContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
@@ -71,14 +74,15 @@ static SOCKS: HashMap<u64, SockTimes> = HashMap::with_max_entries(1 << 18, BPF_F
 #[map]
 static HISTS: PerCpuArray<Buckets> = PerCpuArray::with_max_entries(agg::ROWS, 0);
 
-/// Aggregation mode: per-port histograms (size set by the loader from `--max-ports`).
+/// Aggregation mode: per-port histograms (size set by the loader from `--max-ports`). Shared by
+/// all CPUs and preallocated: a row is never refused for want of memory in a burst (per-CPU
+/// rows allocated on demand were), and the memory does not grow with the number of CPUs.
 #[map]
-static PORT_HISTS: PerCpuHashMap<PortKey, Buckets> =
-    PerCpuHashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+static PORT_HISTS: HashMap<PortKey, Buckets> = HashMap::with_max_entries(1024, 0);
 
 /// One zeroed row, the initial value of a new per-port histogram (too big for the stack).
 #[map]
-static ZERO_ROW: PerCpuArray<Buckets> = PerCpuArray::with_max_entries(1, 0);
+static ZERO_ROW: Array<Buckets> = Array::with_max_entries(1, 0);
 
 /// Aggregation mode: SYN arrival times waiting for their accepted socket (size set by the
 /// loader); userspace removes the ones whose handshake never completed.
@@ -630,7 +634,20 @@ fn port_hist_add(port: u16, metric: u16, v: u64) {
             }
         }
     };
-    unsafe { (*row).0[b] += 1 };
+    // Shared by every CPU: an atomic add. BPF has 64-bit atomics only, so add to the 32-bit
+    // count's half of its aligned 64-bit word (little endian: even buckets are the low half;
+    // map values are 8-byte aligned). A low half would carry into the high one only after 2^32
+    // counts in one bucket.
+    let words = row.cast::<[u64; agg::ROW_LEN / 2]>();
+    let word = unsafe { &raw mut (*words)[b / 2] };
+    let one = 1u64 << ((b % 2) * 32);
+    // (core's atomic types have no read-modify-write on this target; the intrinsic compiles to
+    // the BPF atomic add.)
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            word, one,
+        )
+    };
 }
 
 /// Counts a handshake under its number of SYN (or SYN-ACK) retransmits, read from the new
@@ -681,8 +698,16 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
     if family != AF_INET && family != AF_INET6 {
         return 0;
     }
-    let lport: u16 = sk_field!(sk, sock_num, u16);
+    let mut lport: u16 = sk_field!(sk, sock_num, u16);
     let rport: u16 = u16::from_be(sk_field!(sk, sock_dport, u16));
+    if lport == 0 && new == TCP_CLOSE && global!(CONFIG.nports) != 0 {
+        // An accepted socket gives its port back (inet_num = 0) just before this last
+        // change; inet_sport still holds it (what the classic tracepoint reports).
+        let off = global!(OFFSETS.kernel.inet_sport);
+        if off != u32::MAX {
+            lport = u16::from_be(read((sk as u64 + off as u64) as *const u8));
+        }
+    }
     let mapped = family == AF_INET6 && global!(CONFIG.family) != 0 && {
         let a = (sk as *const u8).wrapping_add(global!(OFFSETS.kernel.sock_v6_daddr) as usize);
         let w = |i: usize| unsafe { core::ptr::read_volatile((a as *const u32).add(i)) };
@@ -697,14 +722,16 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         (TCP_LISTEN, TCP_SYN_RECV) => bump(counter::PASSIVE_OPENS),
         _ => {}
     }
-    let closing = new == TCP_CLOSE && old != TCP_LISTEN;
+    // A connection ends (listeners' closes are not connections); any socket leaves the table.
+    let to_close = new == TCP_CLOSE;
+    let closing = to_close && old != TCP_LISTEN;
     if closing {
         bump(counter::CLOSED);
     }
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let st = match SOCKS.get_ptr_mut(cookie) {
         Some(p) => p,
-        None if closing => {
+        None if to_close => {
             // Older than the run and closing now: nothing to measure, nothing to keep.
             bump(counter::UNSEEN);
             return 0;
@@ -758,8 +785,8 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         port_hist_add(lport, agg::PORT_PASSIVE, us);
         count_retransmits(counter::PASSIVE_RETRANS, sk as u64);
     }
-    if closing {
-        if s.born_ns != 0 {
+    if to_close {
+        if closing && s.born_ns != 0 {
             hist_add(agg::LIFETIME, now.saturating_sub(s.born_ns) / 1000);
         }
         let _ = SOCKS.remove(cookie);

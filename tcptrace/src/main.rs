@@ -173,6 +173,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     // Everything that can fail on bad input fails before any probe is attached.
     let filter_cfg = agg_config(common, PassiveMethod::SockOps)?;
     let targets = poll_targets(common, filter_cfg.filter.netns)?;
+    let (aggregate, stream_reason) = choose_aggregation(common, args.is_some(), &filter_cfg)?;
     let out = outputs(common)?;
     let metrics = common.metrics_addr.map(prometheus::serve).transpose()?;
     let drop_to = common.user.as_deref().map(privileges::lookup).transpose()?;
@@ -185,7 +186,6 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
             f.chown(acct.uid, acct.gid)?;
         }
     }
-    let (aggregate, stream_reason) = choose_aggregation(common, args.is_some(), &filter_cfg)?;
     let mut opts = KernelOptions {
         ring_bytes: common.ring_size,
         debug_bpf: common.debug_bpf,

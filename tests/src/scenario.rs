@@ -133,3 +133,101 @@ pub fn exchange(ns: &Netns, addr: SocketAddr, hold: Duration) -> Exchange {
         ex
     })
 }
+
+/// A duration in microseconds.
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Join a scoped thread, propagating its panic.
+pub fn join<T>(h: thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// What the test's clock saw of one connection made by [`held_connection`].
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub port: u16,
+    /// Client: around connect() and around close().
+    pub c0: Instant,
+    pub c1: Instant,
+    pub c2: Instant,
+    pub c3: Instant,
+    /// Server: read() returned EOF; around close().
+    pub s_eof: Instant,
+    pub s2: Instant,
+    pub s3: Instant,
+}
+
+impl Held {
+    /// Bounds of the server socket's ESTABLISHED dwell: it began inside connect() (the final
+    /// ACK) and ended when the client's FIN arrived (inside the client's close(), before the
+    /// server's read() saw EOF).
+    pub fn established(&self) -> (f64, f64) {
+        let fin_by = self.c3.min(self.s_eof);
+        (us(self.c2 - self.c1), us(fin_by - self.c0))
+    }
+
+    /// Bounds of its CLOSE_WAIT dwell: from the FIN to the server's close().
+    pub fn close_wait(&self) -> (f64, f64) {
+        let fin_by = self.c3.min(self.s_eof);
+        (us(self.s2 - fin_by), us(self.s3 - self.c2))
+    }
+
+    /// Bounds of the client socket's ESTABLISHED dwell: connect() to close().
+    pub fn client_established(&self) -> (f64, f64) {
+        (us(self.c2 - self.c1), us(self.c3 - self.c0))
+    }
+}
+
+/// Inside the calling thread's namespace, on 127.0.0.1:`port`: a client connects, waits
+/// `hold_est` and closes; the server accepts, reads EOF, waits `hold_cw` and closes.
+pub fn held_connection(port: u16, hold_est: Duration, hold_cw: Duration) -> Held {
+    let a = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+    let h = thread::scope(|s| {
+        let l = &listener;
+        let server = thread::Builder::new()
+            .name(SERVER_THREAD.into())
+            .spawn_scoped(s, move || {
+                let (mut c, _) = accept_timeout(l, STEP_TIMEOUT);
+                c.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+                let mut buf = [0u8; 16];
+                let n = c.read(&mut buf).expect("server read");
+                let s_eof = Instant::now();
+                assert_eq!(n, 0, "the client sends nothing");
+                thread::sleep(hold_cw);
+                let s2 = Instant::now();
+                drop(c);
+                (s_eof, s2, Instant::now())
+            })
+            .unwrap();
+        let client = thread::Builder::new()
+            .name(CLIENT_THREAD.into())
+            .spawn_scoped(s, move || {
+                let c0 = Instant::now();
+                let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
+                    .unwrap_or_else(|e| panic!("connect {a}: {e}"));
+                let c1 = Instant::now();
+                thread::sleep(hold_est);
+                let c2 = Instant::now();
+                drop(c);
+                (c0, c1, c2, Instant::now())
+            })
+            .unwrap();
+        let (c0, c1, c2, c3) = join(client);
+        let (s_eof, s2, s3) = join(server);
+        Held {
+            port,
+            c0,
+            c1,
+            c2,
+            c3,
+            s_eof,
+            s2,
+            s3,
+        }
+    });
+    drop(listener);
+    h
+}

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use tcptrace_tests::outputs::{
     TempDir, assert_between_us, drop_first, hdr_tol_us, hist, int, read_summary,
 };
-use tcptrace_tests::scenario::{CLIENT_THREAD, SERVER_THREAD, STEP_TIMEOUT, accept_timeout};
+use tcptrace_tests::scenario::{
+    CLIENT_THREAD, Held, SERVER_THREAD, STEP_TIMEOUT, accept_timeout, held_connection, join, us,
+};
 use tcptrace_tests::{Counters, EventExt, Netns, Tracer, describe_all};
 
 /// The initial retransmission timeout is 1 s; a timer may fire a few jiffies early.
@@ -20,16 +22,8 @@ const RTO_MIN_US: u64 = 995_000;
 /// (thread wake-ups, scheduling on a busy machine).
 const SLACK_US: f64 = 5_000.0;
 
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn join<T>(h: thread::ScopedJoinHandle<'_, T>) -> T {
-    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Inside the calling thread's namespace: `n` clients connect to `addr` at the same time and
@@ -192,94 +186,6 @@ fn dropped_first_syns_make_one_second_active_handshakes() {
         passive,
         "by_port.{PORT}.handshake_passive; {ctx}"
     );
-}
-
-/// What the test's clock saw of one connection in [`dwell_in_established_and_close_wait`].
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    port: u16,
-    /// Client: around connect() and around close().
-    c0: Instant,
-    c1: Instant,
-    c2: Instant,
-    c3: Instant,
-    /// Server: read() returned EOF; around close().
-    s_eof: Instant,
-    s2: Instant,
-    s3: Instant,
-}
-
-impl Held {
-    /// Bounds of the server socket's ESTABLISHED dwell: it began inside connect() (the final
-    /// ACK) and ended when the client's FIN arrived (inside the client's close(), before the
-    /// server's read() saw EOF).
-    fn established(&self) -> (f64, f64) {
-        let fin_by = self.c3.min(self.s_eof);
-        (us(self.c2 - self.c1), us(fin_by - self.c0))
-    }
-
-    /// Bounds of its CLOSE_WAIT dwell: from the FIN to the server's close().
-    fn close_wait(&self) -> (f64, f64) {
-        let fin_by = self.c3.min(self.s_eof);
-        (us(self.s2 - fin_by), us(self.s3 - self.c2))
-    }
-
-    /// Bounds of the client socket's ESTABLISHED dwell: connect() to close().
-    fn client_established(&self) -> (f64, f64) {
-        (us(self.c2 - self.c1), us(self.c3 - self.c0))
-    }
-}
-
-/// On `port`: a client connects, waits `hold_est` and closes; the server accepts, reads EOF,
-/// waits `hold_cw` and closes.
-fn held_connection(port: u16, hold_est: Duration, hold_cw: Duration) -> Held {
-    let a = addr(port);
-    let listener = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
-    let h = thread::scope(|s| {
-        let l = &listener;
-        let server = thread::Builder::new()
-            .name(SERVER_THREAD.into())
-            .spawn_scoped(s, move || {
-                let (mut c, _) = accept_timeout(l, STEP_TIMEOUT);
-                c.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-                let mut buf = [0u8; 16];
-                let n = c.read(&mut buf).expect("server read");
-                let s_eof = Instant::now();
-                assert_eq!(n, 0, "the client sends nothing");
-                thread::sleep(hold_cw);
-                let s2 = Instant::now();
-                drop(c);
-                (s_eof, s2, Instant::now())
-            })
-            .unwrap();
-        let client = thread::Builder::new()
-            .name(CLIENT_THREAD.into())
-            .spawn_scoped(s, move || {
-                let c0 = Instant::now();
-                let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
-                    .unwrap_or_else(|e| panic!("connect {a}: {e}"));
-                let c1 = Instant::now();
-                thread::sleep(hold_est);
-                let c2 = Instant::now();
-                drop(c);
-                (c0, c1, c2, Instant::now())
-            })
-            .unwrap();
-        let (c0, c1, c2, c3) = join(client);
-        let (s_eof, s2, s3) = join(server);
-        Held {
-            port,
-            c0,
-            c1,
-            c2,
-            c3,
-            s_eof,
-            s2,
-            s3,
-        }
-    });
-    drop(listener);
-    h
 }
 
 #[test]

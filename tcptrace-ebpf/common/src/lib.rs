@@ -196,7 +196,9 @@ pub struct KernelOffsets {
     /// `struct tcp_sock` -> `total_retrans` (u32): at ESTABLISHED, how many SYNs (or SYN-ACKs,
     /// copied from the request socket) were retransmitted.
     pub tcp_total_retrans: u32,
-    pub _pad: u32,
+    /// `struct inet_sock` -> `inet_sport` (local port, network order): still set when an
+    /// accepted socket's `skc_num` has been cleared at CLOSE.
+    pub inet_sport: u32,
 }
 
 /// Everything the kernel programs need to know about this kernel's layouts, handed to them as the
@@ -353,10 +355,13 @@ pub mod agg {
     }
 
     /// One histogram row: a count per bucket. u32 per CPU is enough: userspace reads every
-    /// second and takes wrapping differences.
+    /// second and takes wrapping differences. Two spare counts at the end: the verifier bounds
+    /// the 64-bit atomic add on the last pair of buckets as if it could start 4 bytes later.
     #[repr(C)]
     #[derive(Clone, Copy)]
-    pub struct Buckets(pub [u32; BUCKETS]);
+    pub struct Buckets(pub [u32; ROW_LEN]);
+
+    pub const ROW_LEN: usize = BUCKETS + 2;
 
     /// Key of a per-port histogram.
     #[repr(C)]

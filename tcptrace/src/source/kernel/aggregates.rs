@@ -4,7 +4,7 @@
 use std::{collections::HashMap as StdHashMap, time::Duration};
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap, MapData, PerCpuArray};
 use tcptrace_common::{
     agg::{self, Buckets, PortKey, SynKey},
     counter,
@@ -20,7 +20,7 @@ const SWEEP_EVERY_NS: u64 = 10_000_000_000;
 
 pub struct AggReader {
     hists: PerCpuArray<MapData, Buckets>,
-    ports: PerCpuHashMap<MapData, PortKey, Buckets>,
+    ports: HashMap<MapData, PortKey, Buckets>,
     syns: HashMap<MapData, SynKey, u64>,
     /// Per row (or port key), per CPU: the counts at the previous read.
     prev_rows: Vec<Vec<Buckets>>,
@@ -94,11 +94,12 @@ impl AggReader {
                 f.rows.push((row, counts));
             }
         }
+        // Shared rows (one "CPU").
         let entries: Vec<(PortKey, Vec<Buckets>)> = self
             .ports
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, v)| (k, v.to_vec()))
+            .map(|(k, v)| (k, vec![v]))
             .collect();
         for (key, now) in entries {
             let counts = diff(&now, self.prev_ports.get(&key));

@@ -268,8 +268,11 @@ impl KernelSource {
                 .try_into()
                 .map_err(|e| anyhow!("program state_agg: {e}"))?;
             p.load("inet_sock_set_state", &btf_rs()?).map_err(|e| {
+                if let Some(path) = std::env::var_os("TCPTRACE_VERIFIER_LOG") {
+                    let _ = std::fs::write(path, format!("{e:#}"));
+                }
                 anyhow!(
-                    "loading state_agg (tp_btf/inet_sock_set_state, in-kernel aggregation): {}",
+                    "loading state_agg (tp_btf/inet_sock_set_state, in-kernel aggregation): {} (TCPTRACE_VERIFIER_LOG=FILE saves the verifier's whole log; --aggregate user avoids this program)",
                     first_line(&format!("{e:#}"))
                 )
             })?;

@@ -158,7 +158,7 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         sock_v6_daddr: sized("sock", "__sk_common.skc_v6_daddr", 16)?,
         // Handshakes by retransmit count are a bonus (u32::MAX: all counted as 0).
         tcp_total_retrans: sized("tcp_sock", "total_retrans", 4).unwrap_or(u32::MAX),
-        _pad: 0,
+        inet_sport: sized("inet_sock", "inet_sport", 2).unwrap_or(u32::MAX),
     })
     .context("reading struct layouts from /sys/kernel/btf/vmlinux")
 }
