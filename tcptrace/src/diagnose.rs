@@ -833,9 +833,20 @@ mod tests {
             .collect();
         h.on_snapshot(&snap(S, many, 0));
         assert_eq!(h.listeners.len(), 5000, "open listeners are all kept");
-        let one = vec![sock(TcpState::Listen, "127.0.0.1:8080", "0.0.0.0:0", 9, 0, 128, Some(0))];
+        let one = vec![sock(
+            TcpState::Listen,
+            "127.0.0.1:8080",
+            "0.0.0.0:0",
+            9,
+            0,
+            128,
+            Some(0),
+        )];
         h.on_snapshot(&snap(2 * S, one, 0));
         assert_eq!(h.listeners.len(), MAX_LISTENERS);
-        assert!(h.listeners.contains_key(&(7, "127.0.0.1:8080".parse().unwrap())));
+        assert!(
+            h.listeners
+                .contains_key(&(7, "127.0.0.1:8080".parse().unwrap()))
+        );
     }
 }

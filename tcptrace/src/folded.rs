@@ -72,14 +72,14 @@ pub struct KernelCounts {
     /// Of those, changes of sockets whose previous state tcptrace had not seen (older than the
     /// run): no dwell measured.
     pub unseen: u64,
-    /// Changes not measured because socket storage could not be allocated.
-    pub storage_failed: u64,
+    /// Changes of sockets not tracked because every slot they may use in the bounded socket
+    /// table held another live socket (raise --max-sockets).
+    pub sockets_untracked: u64,
     /// Samples not broken out per port because the per-port table was full (raise --max-ports).
     pub ports_full: u64,
-    /// SYNs not timed because the table of waiting SYNs was full (a SYN flood).
-    pub syns_table_full: u64,
-    /// SYNs whose handshake never completed, removed from the table after a while.
-    pub syns_expired: u64,
+    /// Waiting SYNs overwritten by another SYN in the same slot of the bounded SYN table
+    /// (a SYN flood): their handshakes are not timed.
+    pub syns_evicted: u64,
     /// Accepted sockets whose SYN was not seen (older than the run, SYN cookies, table full).
     pub passive_unmatched: u64,
 }
@@ -88,10 +88,9 @@ impl KernelCounts {
     fn add(&mut self, o: &KernelCounts) {
         self.transitions += o.transitions;
         self.unseen += o.unseen;
-        self.storage_failed += o.storage_failed;
+        self.sockets_untracked += o.sockets_untracked;
         self.ports_full += o.ports_full;
-        self.syns_table_full += o.syns_table_full;
-        self.syns_expired += o.syns_expired;
+        self.syns_evicted += o.syns_evicted;
         self.passive_unmatched += o.passive_unmatched;
     }
 }
@@ -119,9 +118,9 @@ impl Folded {
         self.closed = delta(counter::CLOSED);
         self.counts.transitions = delta(counter::TRANSITIONS);
         self.counts.unseen = delta(counter::UNSEEN);
-        self.counts.storage_failed = delta(counter::STORAGE_FAILED);
+        self.counts.sockets_untracked = delta(counter::SOCKS_UNTRACKED);
         self.counts.ports_full = delta(counter::PORTS_FULL);
-        self.counts.syns_table_full = delta(counter::PENDING_FULL);
+        self.counts.syns_evicted = delta(counter::SYNS_EVICTED);
         self.counts.passive_unmatched = delta(counter::PASSIVE_UNMATCHED);
         for i in 0..=counter::RETRANS_CAP {
             self.active_by_syn_retransmits[i as usize] = delta(counter::ACTIVE_RETRANS + i);
@@ -318,10 +317,7 @@ mod tests {
         let mut f = Folded::default();
         f.set_counters(|i| u64::from(i) * 10);
         assert_eq!(f.active_opens, u64::from(counter::ACTIVE_OPENS) * 10);
-        assert_eq!(
-            f.counts.syns_table_full,
-            u64::from(counter::PENDING_FULL) * 10
-        );
+        assert_eq!(f.counts.syns_evicted, u64::from(counter::SYNS_EVICTED) * 10);
         assert_eq!(
             f.passive_by_synack_retransmits[7],
             u64::from(counter::PASSIVE_RETRANS + 7) * 10

@@ -119,7 +119,7 @@ pub async fn run_live(
         let tick_due = last_tick.elapsed() >= tick_every || stopping;
         let folded = if src.aggregating() && (last_fold.elapsed() >= FOLD_INTERVAL || tick_due) {
             last_fold = Instant::now();
-            src.fold(crate::sink::monotonic_now_ns())?
+            src.fold()?
         } else {
             None
         };

@@ -229,8 +229,8 @@ fn kernel_and_user_aggregation_agree_side_by_side() {
     assert_eq!(
         k["in_kernel"],
         json!({
-            "transitions": transitions, "unseen": 0, "storage_failed": 0, "ports_full": 0,
-            "syns_table_full": 0, "syns_expired": 0, "passive_unmatched": 0,
+            "transitions": transitions, "unseen": 0, "sockets_untracked": 0, "ports_full": 0,
+            "syns_evicted": 0, "passive_unmatched": 0,
         }),
         "in_kernel ({CONNS} connections and listeners); {ctx}"
     );
@@ -408,8 +408,8 @@ fn closed_listeners_free_their_kernel_table_entries() {
     assert_eq!(
         s["in_kernel"],
         json!({
-            "transitions": transitions, "unseen": 0, "storage_failed": 0, "ports_full": 0,
-            "syns_table_full": 0, "syns_expired": 0, "passive_unmatched": 0,
+            "transitions": transitions, "unseen": 0, "sockets_untracked": 0, "ports_full": 0,
+            "syns_evicted": 0, "passive_unmatched": 0,
         }),
         "in_kernel ({LISTENERS} listeners opened and closed, then one connection; never more \
          than 3 sockets at once, room for 8); {ctx}"

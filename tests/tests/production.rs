@@ -569,7 +569,7 @@ summary:
     // Every socket was born during the run; only a skipped transition leaves the next one of
     // that socket unmeasured.
     assert!(int(&s, "/in_kernel/unseen") <= lost, "{ctx}");
-    assert_eq!(int(&s, "/in_kernel/storage_failed"), 0, "{ctx}");
+    assert_eq!(int(&s, "/in_kernel/sockets_untracked"), 0, "{ctx}");
     let active = hist(&s, "/handshake/active");
     assert!(
         (conns.saturating_sub(lost)..=conns + ports).contains(&active.count),
@@ -1183,6 +1183,20 @@ fn prometheus_endpoint_scraped_by_curl() {
     assert!(
         lines.contains(&"tcptrace_events_lost_total 0"),
         "no `tcptrace_events_lost_total 0`; {ctx}"
+    );
+    // In-kernel aggregation (the default): what the kernel measured, and what it could not.
+    let transitions: f64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("tcptrace_kernel_transitions_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tcptrace_kernel_transitions_total; {ctx}"));
+    assert!(
+        transitions >= 5.0 * CONNECTIONS as f64,
+        "kernel transitions {transitions} for {CONNECTIONS} connections; {ctx}"
+    );
+    assert!(
+        lines.contains(&"tcptrace_kernel_unmeasured_total{reason=\"socket_untracked\"} 0"),
+        "no `tcptrace_kernel_unmeasured_total{{reason=\"socket_untracked\"}} 0`; {ctx}"
     );
     assert_eq!(
         body.trim_end().lines().last(),

@@ -228,6 +228,10 @@ pub struct Config {
     pub aggregate: u32,
     /// In-kernel filters (the user's `--netns`, `-4`/`-6`, `--port`); 0 = any.
     pub netns: u32,
+    /// Aggregation mode: `SOCKS` and `SYNS` have a power-of-two number of slots; these masks
+    /// pick a slot from a socket cookie or a SYN's hash.
+    pub socks_mask: u32,
+    pub syns_mask: u32,
     pub _pad: u32,
     /// [`AF_INET`], [`AF_INET6`] or 0.
     pub family: u16,
@@ -259,12 +263,13 @@ pub mod counter {
     /// Transitions of sockets whose previous state tcptrace did not see (older than the run, or
     /// a transition skipped by the kernel): no dwell measured.
     pub const UNSEEN: u32 = 7;
-    /// Socket storage could not be had (memory): transition not measured.
-    pub const STORAGE_FAILED: u32 = 8;
+    /// Sockets not tracked: every slot their cookie may use in the bounded socket table held
+    /// another live socket (raise --max-sockets).
+    pub const SOCKS_UNTRACKED: u32 = 8;
     /// Samples not kept per port because the per-port table was full.
     pub const PORTS_FULL: u32 = 9;
-    /// SYNs not timed because the table of waiting SYNs was full (a flood).
-    pub const PENDING_FULL: u32 = 10;
+    /// Waiting SYNs overwritten by another SYN (one slot of the bounded SYN table; a flood).
+    pub const SYNS_EVICTED: u32 = 10;
     /// Accepted sockets whose SYN was not seen (older than the run, table full, SYN cookies).
     pub const PASSIVE_UNMATCHED: u32 = 11;
     /// Active handshakes by SYN retransmits: `ACTIVE_RETRANS + n` (n capped at RETRANS_CAP).
@@ -371,10 +376,14 @@ pub mod agg {
         pub metric: u16,
     }
 
-    /// What the kernel remembers of one socket (`SOCKS`, keyed by socket cookie).
+    /// What the kernel remembers of one socket: a slot of `SOCKS`, an array indexed by the
+    /// socket cookie's low bits (no hash map: a lookup is one array access, no lock, no
+    /// allocation). The cookie tells whose times the slot holds.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct SockTimes {
+        /// The socket cookie (0: free slot).
+        pub cookie: u64,
         /// When the socket entered `state` (CLOCK_MONOTONIC ns); 0 = not known.
         pub since_ns: u64,
         /// When it was born (CLOSE -> SYN_SENT, LISTEN -> SYN_RECV, CLOSE -> LISTEN); 0 = before
@@ -390,6 +399,48 @@ pub mod agg {
     }
 
     pub const FLAG_PASSIVE: u8 = 1;
+
+    /// Slots a socket may use in `SOCKS`: its cookie's and the next ones, so a socket that lives
+    /// long keeps its slot while newer sockets' cookies come round to it again.
+    pub const SOCK_PROBES: u32 = 4;
+
+    /// A SYN waiting for its accepted socket: a slot of `SYNS`, an array indexed by a hash of
+    /// the key.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SynSlot {
+        pub key: SynKey,
+        /// When the SYN arrived; 0: free.
+        pub ts_ns: u64,
+    }
+
+    /// A waiting SYN older than this is stale (its handshake never completed): overwritten
+    /// without counting, never matched. The kernel gives up on a request socket after
+    /// tcp_synack_retries, about a minute by default.
+    pub const SYN_MAX_AGE_NS: u64 = 180_000_000_000;
+
+    /// The slot of a SYN: a multiplicative hash of its key's words.
+    #[inline(always)]
+    pub fn syn_hash(k: &SynKey) -> u32 {
+        let mut h: u64 = k.cookie
+            ^ (u64::from(k.lport) << 16)
+            ^ u64::from(k.rport)
+            ^ (u64::from(k.family) << 32);
+        let words = [
+            k.local[0],
+            k.local[1],
+            k.local[2],
+            k.local[3],
+            k.remote[0],
+            k.remote[1],
+            k.remote[2],
+            k.remote[3],
+        ];
+        for w in words {
+            h = (h ^ u64::from(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        (h >> 32) as u32
+    }
 
     /// A SYN waiting for its accepted socket: netns cookie and 4-tuple as sock_ops sees them
     /// (addresses in network order, IPv4 in the first word; ports in host order).
@@ -417,6 +468,8 @@ impl Config {
         debug: 0,
         aggregate: 0,
         netns: 0,
+        socks_mask: 0,
+        syns_mask: 0,
         _pad: 0,
         family: 0,
         nports: 0,
@@ -434,4 +487,5 @@ mod pod {
     unsafe impl aya::Pod for super::agg::PortKey {}
     unsafe impl aya::Pod for super::agg::SockTimes {}
     unsafe impl aya::Pod for super::agg::SynKey {}
+    unsafe impl aya::Pod for super::agg::SynSlot {}
 }

@@ -96,6 +96,7 @@ fn l(pairs: &[(&str, String)]) -> Labels {
 
 impl MetricsSnapshot {
     pub fn build(agg: &Aggregator, health: &Health, totals: &SourceTotals, now_ns: u64) -> Self {
+        let k = agg.in_kernel.unwrap_or_default();
         let mut handshake = vec![HistValue::from_hist(
             l(&[("side", "active".into())]),
             &agg.active,
@@ -199,6 +200,24 @@ impl MetricsSnapshot {
                     name: "tcptrace_sockets_evicted",
                     help: "Sockets evicted from the bounded lifecycle table",
                     values: vec![(vec![], t.evicted)],
+                },
+                Family {
+                    name: "tcptrace_kernel_transitions",
+                    help: "State changes measured in the kernel (in-kernel aggregation)",
+                    values: vec![(vec![], k.transitions)],
+                },
+                Family {
+                    name: "tcptrace_kernel_unmeasured",
+                    help: "In-kernel aggregation: what was not measured, by reason (socket_untracked, syn_evicted, port_table_full, unseen_start)",
+                    values: vec![
+                        (
+                            l(&[("reason", "socket_untracked".into())]),
+                            k.sockets_untracked,
+                        ),
+                        (l(&[("reason", "syn_evicted".into())]), k.syns_evicted),
+                        (l(&[("reason", "port_table_full".into())]), k.ports_full),
+                        (l(&[("reason", "unseen_start".into())]), k.unseen),
+                    ],
                 },
             ],
             gauges: vec![
@@ -411,6 +430,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tcptrace_events_lost_total 0"), "{text}");
+        assert!(
+            text.contains("tcptrace_kernel_unmeasured_total{reason=\"syn_evicted\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains("tcptrace_state_duration_seconds_count{state=\"SYN_SENT\"} 1"),
             "{text}"

@@ -164,12 +164,12 @@ pub fn render(
         let _ = writeln!(out, "WARNING: {}", w.chars().take(71).collect::<String>());
     }
     if let Some(k) = &agg.in_kernel {
-        let unmeasured = k.storage_failed + k.syns_table_full + k.ports_full;
+        let unmeasured = k.sockets_untracked + k.syns_evicted + k.ports_full;
         if unmeasured > 0 {
             let _ = writeln!(
                 out,
-                "WARNING: in kernel: {} not stored, {} SYNs untimed (table full), {} port-full",
-                k.storage_failed, k.syns_table_full, k.ports_full
+                "WARNING: in kernel: {} untracked, {} SYNs evicted, {} port-table full",
+                k.sockets_untracked, k.syns_evicted, k.ports_full
             );
         }
     }

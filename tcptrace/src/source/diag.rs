@@ -39,24 +39,33 @@ pub struct DiagSocket {
     pub since_ns: Option<u64>,
 }
 
-/// Aggregation mode: the kernel's table of socket state-entry times, by socket cookie.
-type SockTimesMap = aya::maps::HashMap<aya::maps::MapData, u64, SockTimes>;
-static SOCK_TIMES: OnceLock<Mutex<SockTimesMap>> = OnceLock::new();
+/// Aggregation mode: the kernel's table of socket state-entry times, a slot per socket picked
+/// by the low bits of its cookie.
+pub struct SockTimesTable {
+    pub map: aya::maps::Array<aya::maps::MapData, SockTimes>,
+    pub mask: u32,
+}
+static SOCK_TIMES: OnceLock<Mutex<SockTimesTable>> = OnceLock::new();
 
 /// Later dumps look CLOSE_WAIT sockets up in the kernel's table of state-entry times (an open
 /// map fd: keeps working after --user drops every capability).
-pub fn include_sock_times(map: SockTimesMap) {
-    let _ = SOCK_TIMES.set(Mutex::new(map));
+pub fn include_sock_times(table: SockTimesTable) {
+    let _ = SOCK_TIMES.set(Mutex::new(table));
 }
 
 /// When the socket with this cookie entered `state`, if the kernel side saw it happen.
 fn since_ns(cookie: [u8; 8], state: TcpState) -> Option<u64> {
-    let map = SOCK_TIMES.get()?.lock().ok()?;
+    let table = SOCK_TIMES.get()?.lock().ok()?;
     // sock_diag's cookie is two host-order u32 halves, low first.
     let lo = u32::from_ne_bytes(cookie[..4].try_into().ok()?);
     let hi = u32::from_ne_bytes(cookie[4..].try_into().ok()?);
-    let t = map.get(&(u64::from(hi) << 32 | u64::from(lo)), 0).ok()?;
-    (t.since_ns != 0 && TcpState::from_kernel(t.state) == Some(state)).then_some(t.since_ns)
+    let cookie = u64::from(hi) << 32 | u64::from(lo);
+    // The slots the kernel side may have used for it.
+    (0..tcptrace_common::agg::SOCK_PROBES).find_map(|i| {
+        let t = table.map.get(&(lo.wrapping_add(i) & table.mask), 0).ok()?;
+        (t.cookie == cookie && t.since_ns != 0 && TcpState::from_kernel(t.state) == Some(state))
+            .then_some(t.since_ns)
+    })
 }
 
 /// Which sockets a dump returns.

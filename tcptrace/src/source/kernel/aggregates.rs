@@ -1,32 +1,23 @@
 //! Aggregation mode's reader: takes the kernel's per-CPU histograms and counters, and hands over
-//! what changed since the previous read as one [`Folded`]. Also removes SYNs whose handshake
-//! never completed from the kernel's table of waiting SYNs, counted.
-use std::{collections::HashMap as StdHashMap, time::Duration};
+//! what changed since the previous read as one [`Folded`].
+use std::collections::HashMap as StdHashMap;
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use tcptrace_common::{
-    agg::{self, Buckets, PortKey, SynKey},
+    agg::{self, Buckets, PortKey},
     counter,
 };
 
 use crate::folded::{BucketCounts, Folded, PortMetric, Row};
 
-/// A SYN older than this has no handshake coming (the kernel gives up on a request socket
-/// after tcp_synack_retries, about a minute by default).
-const SYN_MAX_AGE: Duration = Duration::from_secs(180);
-/// How often the table of waiting SYNs is swept.
-const SWEEP_EVERY_NS: u64 = 10_000_000_000;
-
 pub struct AggReader {
     hists: PerCpuArray<MapData, Buckets>,
     ports: HashMap<MapData, PortKey, Buckets>,
-    syns: HashMap<MapData, SynKey, u64>,
     /// Per row (or port key), per CPU: the counts at the previous read.
     prev_rows: Vec<Vec<Buckets>>,
     prev_ports: StdHashMap<PortKey, Vec<Buckets>>,
     prev_counters: [u64; counter::COUNT as usize],
-    last_sweep_ns: u64,
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<T>
@@ -60,21 +51,14 @@ impl AggReader {
         Ok(AggReader {
             hists: take(ebpf, "HISTS")?,
             ports: take(ebpf, "PORT_HISTS")?,
-            syns: take(ebpf, "SYNS")?,
             prev_rows: Vec::new(),
             prev_ports: StdHashMap::new(),
             prev_counters: [0; counter::COUNT as usize],
-            last_sweep_ns: 0,
         })
     }
 
-    /// Everything measured since the previous call. `counters` is the per-CPU `COUNTERS` map;
-    /// `now_ns` the monotonic clock (for sweeping the SYN table).
-    pub fn read(
-        &mut self,
-        counters: &PerCpuArray<MapData, u64>,
-        now_ns: u64,
-    ) -> anyhow::Result<Folded> {
+    /// Everything measured since the previous call. `counters` is the per-CPU `COUNTERS` map.
+    pub fn read(&mut self, counters: &PerCpuArray<MapData, u64>) -> anyhow::Result<Folded> {
         let mut f = Folded::default();
         for index in 0..agg::ROWS {
             let now: Vec<Buckets> = self
@@ -120,29 +104,6 @@ impl AggReader {
         let prev = self.prev_counters;
         f.set_counters(|i| totals[i as usize].saturating_sub(prev[i as usize]));
         self.prev_counters = totals;
-        if now_ns.saturating_sub(self.last_sweep_ns) >= SWEEP_EVERY_NS {
-            self.last_sweep_ns = now_ns;
-            f.counts.syns_expired = self.sweep_syns(now_ns);
-        }
         Ok(f)
-    }
-
-    /// Removes SYNs older than [`SYN_MAX_AGE`]; returns how many.
-    fn sweep_syns(&mut self, now_ns: u64) -> u64 {
-        let max = SYN_MAX_AGE.as_nanos() as u64;
-        let stale: Vec<SynKey> = self
-            .syns
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, ts)| now_ns.saturating_sub(*ts) > max)
-            .map(|(k, _)| k)
-            .collect();
-        let mut removed = 0;
-        for k in stale {
-            if self.syns.remove(&k).is_ok() {
-                removed += 1;
-            }
-        }
-        removed
     }
 }

@@ -232,8 +232,13 @@ impl KernelSource {
             config.ports[..a.ports.len()].copy_from_slice(&a.ports);
             // Up to 20 metrics per port (dwell in 11 states, handshakes, queues).
             loader.map_max_entries("PORT_HISTS", a.max_ports.saturating_mul(20).max(20));
-            loader.map_max_entries("SYNS", a.max_syns.max(1));
-            loader.map_max_entries("SOCKS", a.max_sockets.max(1));
+            // Slot tables: a power of two, so a mask picks the slot.
+            let syns = a.max_syns.clamp(1, 1 << 24).next_power_of_two();
+            let socks = a.max_sockets.clamp(1, 1 << 26).next_power_of_two();
+            config.syns_mask = syns - 1;
+            config.socks_mask = socks - 1;
+            loader.map_max_entries("SYNS", syns);
+            loader.map_max_entries("SOCKS", socks);
         }
         let mut ebpf = loader
             .override_global("OFFSETS", &layout, true)
@@ -400,20 +405,23 @@ impl KernelSource {
 
     /// Aggregation mode: what the kernel measured since the previous call (None when
     /// streaming).
-    pub fn fold(&mut self, now_ns: u64) -> anyhow::Result<Option<crate::folded::Folded>> {
+    pub fn fold(&mut self) -> anyhow::Result<Option<crate::folded::Folded>> {
         match &mut self.agg {
-            Some(r) => r.read(&self.counters, now_ns).map(Some),
+            Some(r) => r.read(&self.counters).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Aggregation mode: the kernel's table of socket state-entry times (by socket cookie),
-    /// for sock_diag snapshots to look CLOSE_WAIT sockets up in. Once.
-    pub fn take_sock_times(
-        &mut self,
-    ) -> Option<aya::maps::HashMap<MapData, u64, tcptrace_common::agg::SockTimes>> {
+    /// Aggregation mode: the kernel's table of socket state-entry times (slots picked by
+    /// socket cookie), for sock_diag snapshots to look CLOSE_WAIT sockets up in. Once.
+    pub fn take_sock_times(&mut self) -> Option<crate::source::diag::SockTimesTable> {
         self.agg.as_ref()?;
-        aya::maps::HashMap::try_from(self._ebpf.take_map("SOCKS")?).ok()
+        let map = Array::try_from(self._ebpf.take_map("SOCKS")?).ok()?;
+        let slots = map.len();
+        Some(crate::source::diag::SockTimesTable {
+            map,
+            mask: slots.saturating_sub(1),
+        })
     }
 
     /// Sums the per-CPU counters.
