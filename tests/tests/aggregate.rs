@@ -31,13 +31,19 @@ fn addr(port: u16) -> SocketAddr {
 /// address and how long its connect() took.
 fn concurrent_connects(addr: SocketAddr, n: usize) -> Vec<(SocketAddr, Duration)> {
     let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    // Clients close only once the server has accepted every connection: a client closing while
+    // its connection waits in the accept queue can make the kernel build (and drop) a second
+    // server socket, an extra passive open the counts below would have to allow for.
+    let accepted = std::sync::Barrier::new(n + 1);
     let r = thread::scope(|s| {
-        let l = &listener;
+        let (l, accepted) = (&listener, &accepted);
         let server = thread::Builder::new()
             .name(SERVER_THREAD.into())
             .spawn_scoped(s, move || {
-                for _ in 0..n {
-                    let (mut c, _) = accept_timeout(l, STEP_TIMEOUT);
+                let conns: Vec<TcpStream> =
+                    (0..n).map(|_| accept_timeout(l, STEP_TIMEOUT).0).collect();
+                accepted.wait();
+                for mut c in conns {
                     c.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
                     let mut buf = Vec::new();
                     c.read_to_end(&mut buf).expect("server read to EOF");
@@ -53,7 +59,10 @@ fn concurrent_connects(addr: SocketAddr, n: usize) -> Vec<(SocketAddr, Duration)
                         let c = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)
                             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
                         let t = t0.elapsed();
-                        (c.local_addr().unwrap(), t)
+                        accepted.wait();
+                        let local = c.local_addr().unwrap();
+                        drop(c);
+                        (local, t)
                     })
                     .unwrap()
             })
