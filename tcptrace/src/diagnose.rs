@@ -36,6 +36,9 @@ pub struct HealthConfig {
     /// TIME_WAIT sockets towards one destination, as a share of the local port range, above
     /// which port exhaustion is reported.
     pub port_exhaustion_ratio: f64,
+    /// How often namespaces are polled: one not polled for ten of these (and at least a
+    /// minute) is gone.
+    pub poll_interval_ns: u64,
 }
 
 impl Default for HealthConfig {
@@ -43,6 +46,7 @@ impl Default for HealthConfig {
         HealthConfig {
             close_wait_threshold_ns: 60_000_000_000,
             port_exhaustion_ratio: 0.8,
+            poll_interval_ns: 2_000_000_000,
         }
     }
 }
@@ -133,6 +137,8 @@ pub struct TimeWait {
 
 /// Listeners remembered at most (closed ones are forgotten first).
 const MAX_LISTENERS: usize = 4096;
+/// Socket owners remembered before those of sockets no longer reported are dropped.
+const MAX_OWNERS: usize = 8192;
 
 pub struct Health {
     cfg: HealthConfig,
@@ -147,6 +153,10 @@ pub struct Health {
     time_wait: BTreeMap<u32, HashMap<SocketAddr, u64>>,
     counters_base: BTreeMap<(u32, &'static str), i64>,
     counters_now: BTreeMap<(u32, &'static str), i64>,
+    /// Counter deltas of namespaces that went away (their per-namespace entries are dropped).
+    counters_gone: BTreeMap<&'static str, i64>,
+    /// When each namespace was last polled.
+    netns_seen_ns: HashMap<u32, u64>,
     pub sysctls: BTreeMap<&'static str, String>,
     seen_netns: HashSet<u32>,
     reported: HashSet<Key>,
@@ -173,6 +183,8 @@ impl Health {
             time_wait: BTreeMap::new(),
             counters_base: BTreeMap::new(),
             counters_now: BTreeMap::new(),
+            counters_gone: BTreeMap::new(),
+            netns_seen_ns: HashMap::new(),
             sysctls: BTreeMap::new(),
             seen_netns: HashSet::new(),
             reported: HashSet::new(),
@@ -196,6 +208,41 @@ impl Health {
                 self.close_wait.remove(&key);
             }
         }
+    }
+
+    /// Namespaces not polled for ten poll intervals (at least a minute) are gone (containers
+    /// come and go for days): their
+    /// counter deltas are kept in one sum, their other state is dropped. Listeners stay (bounded
+    /// separately) so the report still names them.
+    fn forget_gone_namespaces(&mut self, now_ns: u64) {
+        let gone_after = (self.cfg.poll_interval_ns.saturating_mul(10)).max(60_000_000_000);
+        let gone: Vec<u32> = self
+            .netns_seen_ns
+            .iter()
+            .filter(|(_, t)| now_ns.saturating_sub(**t) > gone_after)
+            .map(|(ns, _)| *ns)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let deltas: Vec<((u32, &'static str), i64)> = self
+            .counters_now
+            .iter()
+            .filter(|((ns, _), _)| gone.contains(ns))
+            .map(|(k, now)| (*k, now - self.counters_base.get(k).copied().unwrap_or(*now)))
+            .collect();
+        for ((_, name), d) in deltas {
+            *self.counters_gone.entry(name).or_default() += d;
+        }
+        for ns in &gone {
+            self.netns_seen_ns.remove(ns);
+            self.time_wait.remove(ns);
+        }
+        self.counters_now.retain(|(ns, _), _| !gone.contains(ns));
+        self.counters_base.retain(|(ns, _), _| !gone.contains(ns));
+        self.fin_wait2.retain(|k| !gone.contains(&k.0));
+        self.close_wait.retain(|k, _| !gone.contains(&k.0));
+        self.reported.retain(|k| !gone.contains(&k.0));
     }
 
     /// Events were lost: CLOSE_WAIT entry times from the stream may belong to sockets whose
@@ -234,6 +281,7 @@ impl Health {
     /// [`Health::end_snapshot`].
     pub fn on_snapshot(&mut self, s: &Snapshot) -> Vec<Key> {
         let first = self.seen_netns.insert(s.netns);
+        self.netns_seen_ns.insert(s.netns, s.ts_ns);
         self.last_poll_ns = self.last_poll_ns.max(s.ts_ns);
         for (name, v) in &s.counters {
             self.counters_base.entry((s.netns, name)).or_insert(*v);
@@ -385,6 +433,18 @@ impl Health {
         if self.history.len() > 5 {
             self.history.pop_front();
         }
+        self.forget_gone_namespaces(now_ns);
+        // Owners of sockets no longer reported are forgotten once there are many (days of
+        // listener and connection churn would otherwise keep every one).
+        if self.owners.len() > MAX_OWNERS {
+            let wanted: HashSet<u32> = self
+                .listeners
+                .values()
+                .map(|l| l.inode)
+                .chain(self.close_wait.values().map(|c| c.inode))
+                .collect();
+            self.owners.retain(|inode, _| wanted.contains(inode));
+        }
     }
 
     fn leak(&self, key: &Key, now_ns: u64) -> Leak {
@@ -451,7 +511,7 @@ impl Health {
 
     /// Deltas of the kernel counters since the first poll, summed over namespaces.
     pub fn counter_deltas(&self) -> BTreeMap<&'static str, i64> {
-        let mut out = BTreeMap::new();
+        let mut out = self.counters_gone.clone();
         for ((ns, name), now) in &self.counters_now {
             let base = self
                 .counters_base
@@ -848,5 +908,31 @@ mod tests {
             h.listeners
                 .contains_key(&(7, "127.0.0.1:8080".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn namespaces_that_go_away_leave_their_counter_deltas_and_nothing_else() {
+        let mut h = Health::new(HealthConfig::default());
+        let mut a = snap(S, vec![], 10);
+        a.netns = 1;
+        h.on_snapshot(&a);
+        h.end_snapshot(S);
+        let mut a2 = snap(2 * S, vec![], 14);
+        a2.netns = 1;
+        h.on_snapshot(&a2);
+        h.end_snapshot(2 * S);
+        let before = h.counter_deltas();
+        // Only namespace 2 is polled from now on; namespace 1 is gone after a minute.
+        for t in [3u64, 30, 70, 100] {
+            let mut b = snap(t * S, vec![], 0);
+            b.netns = 2;
+            h.on_snapshot(&b);
+            h.end_snapshot(t * S);
+        }
+        assert!(
+            !h.counters_now.keys().any(|(ns, _)| *ns == 1),
+            "namespace 1 dropped"
+        );
+        assert_eq!(h.counter_deltas(), before, "its deltas are kept");
     }
 }

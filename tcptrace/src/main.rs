@@ -96,6 +96,7 @@ fn agg_config(common: &CommonArgs, passive: PassiveMethod) -> anyhow::Result<Agg
 fn health_config(common: &CommonArgs) -> HealthConfig {
     HealthConfig {
         close_wait_threshold_ns: common.close_wait_threshold.as_nanos() as u64,
+        poll_interval_ns: common.poll_interval.as_nanos() as u64,
         ..HealthConfig::default()
     }
 }
