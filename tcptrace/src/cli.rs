@@ -164,8 +164,8 @@ pub struct CommonArgs {
 
     /// Where measurements are made. kernel: routine state changes are measured inside the
     /// kernel (per-socket timestamps, per-CPU histograms read every second); only retransmits and
-    /// resets cross to userspace; costs a fraction of streaming; values are bucketed (within
-    /// 1.6 %). user: every event streams to userspace (exact values; what `events`, --record and
+    /// resets cross to userspace, so nothing is lost to a slow reader and userspace does almost
+    /// nothing; values are bucketed (within 1.6 %). user: every event streams to userspace (exact values; what `events`, --record and
     /// --pid need). auto: kernel for `watch` unless --record, --pid or more than 8 --port
     /// values ask for streaming, or this kernel cannot (then user, with a note).
     #[arg(long, value_enum, default_value_t = Aggregate::Auto, global = true)]
