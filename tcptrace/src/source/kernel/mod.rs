@@ -239,6 +239,11 @@ impl KernelSource {
             config.socks_mask = socks - 1;
             loader.map_max_entries("SYNS", syns);
             loader.map_max_entries("SOCKS", socks);
+        } else {
+            // Streaming: the aggregation tables are never used; keep them at one slot.
+            for map in ["SYNS", "SOCKS", "PORT_HISTS"] {
+                loader.map_max_entries(map, 1);
+            }
         }
         let mut ebpf = loader
             .override_global("OFFSETS", &layout, true)
