@@ -5,7 +5,9 @@
 //! network namespace tuned so TIME_WAIT reuse does not cap the rate (tcp_tw_reuse=1, a wide
 //! ip_local_port_range, tcp_tw_reuse_delay=1 ms). Each worker thread does connect, accept, close,
 //! close in lockstep, which bounds the connections in flight (an overflowing accept queue would
-//! stall connects for 1 s). Rounds interleave the configurations — no tracer, `tcptrace watch`,
+//! stall connects for 1 s). Rounds interleave the configurations — no tracer, `tcptrace watch`
+//! (in-kernel aggregation; also with `--passive-method srtt`, which needs no sock_ops program),
+//! `tcptrace watch --aggregate user`,
 //! `tcptrace events --json > /dev/null`, and bpftrace keeping per-state dwell histograms in the
 //! kernel (where installed) — and each configuration is compared with the same round's no-tracer
 //! run, because this machine is shared and noisy: figures are medians of paired ratios.
@@ -234,6 +236,7 @@ fn self_cpu_seconds() -> f64 {
 enum Config {
     None,
     Watch,
+    WatchSrtt,
     WatchStream,
     EventsJson,
     Bpftrace,
@@ -244,6 +247,7 @@ impl Config {
         match self {
             Config::None => "no tracer",
             Config::Watch => "tcptrace watch (in-kernel aggregation)",
+            Config::WatchSrtt => "tcptrace watch --passive-method srtt (no sock_ops)",
             Config::WatchStream => "tcptrace watch --aggregate user",
             Config::EventsJson => "tcptrace events --json > /dev/null",
             Config::Bpftrace => "bpftrace, in-kernel dwell histograms by socket",
@@ -262,6 +266,11 @@ fn start_tracer(cfg: Config, tracer: &Path) -> Result<Option<Tracer>> {
         Config::Watch => {
             let mut c = Command::new(tracer);
             c.args(["watch", "--interval", "1s"]);
+            c
+        }
+        Config::WatchSrtt => {
+            let mut c = Command::new(tracer);
+            c.args(["watch", "--interval", "1s", "--passive-method", "srtt"]);
             c
         }
         Config::WatchStream => {
@@ -414,6 +423,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
     let mut configs = vec![
         Config::None,
         Config::Watch,
+        Config::WatchSrtt,
         Config::WatchStream,
         Config::EventsJson,
     ];
@@ -507,7 +517,12 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
             "\nAt a fixed {} connections/s: CPU of the load generator (with the kernel work in its context, BPF programs included) plus the tracer, % of one core, paired with the same round's no-tracer run:\n\n| configuration | connections/s | load + tracer CPU % median | extra vs none (% of the 2-core machine) | tracer CPU % | lost events |\n|---|---|---|---|---|---|\n",
             o.fixed_rate
         ));
-        let fixed_cfgs = [Config::None, Config::Watch, Config::EventsJson];
+        let fixed_cfgs = [
+            Config::None,
+            Config::Watch,
+            Config::WatchSrtt,
+            Config::EventsJson,
+        ];
         let mut busy: Vec<Vec<(f64, Sample)>> = vec![Vec::new(); fixed_cfgs.len()];
         for _ in 0..o.rounds.min(3) {
             for (i, cfg) in fixed_cfgs.iter().enumerate() {
