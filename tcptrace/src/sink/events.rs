@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn hand_written_hex_and_addresses_match_display() {
-        for v in [0u64, 1, 0xf, 0x10, 0xffff_8881_0d7e_5c0, u64::MAX] {
+        for v in [0u64, 1, 0xf, 0x10, 0xffff_8881_00d7_e5c0, u64::MAX] {
             let mut b = Vec::new();
             hex(&mut b, v);
             assert_eq!(String::from_utf8(b).unwrap(), format!("{v:x}"));
