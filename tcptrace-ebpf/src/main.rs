@@ -526,18 +526,20 @@ fn sockops_aggregate(
     if !kernel_filter(family, mapped, key.lport, key.rport, || sock_netns(sk)) {
         return;
     }
+    let Some(slot) = SYNS.get_ptr_mut(agg::syn_hash(&key) & global!(CONFIG.syns_mask)) else {
+        return;
+    };
+    let e = unsafe { &mut *slot };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A slot holds a waiting SYN until its handshake completes or it grows stale.
+    let live = e.ts_ns != 0 && now.saturating_sub(e.ts_ns) < agg::SYN_MAX_AGE_NS;
+    let ours = live && e.key == key;
     if kind == kind::SYN_RECEIVED {
         if queues != 0 || sk != 0 {
             port_hist_add(key.lport, agg::PORT_ACCEPT_QUEUE, u64::from(queues >> 16));
             port_hist_add(key.lport, agg::PORT_SYN_QUEUE, u64::from(queues & 0xffff));
         }
-        let Some(slot) = SYNS.get_ptr_mut(agg::syn_hash(&key) & global!(CONFIG.syns_mask)) else {
-            return;
-        };
-        let e = unsafe { &mut *slot };
-        let now = unsafe { bpf_ktime_get_ns() };
-        let live = e.ts_ns != 0 && now.saturating_sub(e.ts_ns) < agg::SYN_MAX_AGE_NS;
-        if live && e.key == key {
+        if ours {
             // A retransmitted SYN: the first one's time is kept.
             return;
         }
@@ -549,12 +551,7 @@ fn sockops_aggregate(
         return;
     }
     // PASSIVE_ESTABLISHED_CB: `sk` is the accepted socket.
-    let Some(slot) = SYNS.get_ptr_mut(agg::syn_hash(&key) & global!(CONFIG.syns_mask)) else {
-        return;
-    };
-    let e = unsafe { &mut *slot };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if e.ts_ns == 0 || e.key != key || now.saturating_sub(e.ts_ns) >= agg::SYN_MAX_AGE_NS {
+    if !ours {
         bump(counter::PASSIVE_UNMATCHED);
         return;
     }
