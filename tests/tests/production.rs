@@ -513,6 +513,7 @@ fn sigstop_in_kernel_mode_loses_nothing() {
         "--json-summary",
         &summary_path,
     ]);
+    let before = Counters::read(&ns);
     let churn = Churn::start(&ns, &PORTS, None, None);
     thread::sleep(Duration::from_secs(1));
     tracer.signal(libc::SIGSTOP);
@@ -523,6 +524,7 @@ fn sigstop_in_kernel_mode_loses_nothing() {
     // The last connections' final changes (FIN_WAIT2 and LAST_ACK -> CLOSE) come in softirq
     // after the threads have closed; let them land before the tracer's last read.
     thread::sleep(Duration::from_millis(500));
+    let after = Counters::read(&ns);
     let out = tracer.stop();
     assert!(
         out.status.success(),
@@ -550,19 +552,38 @@ summary:
     let conns = churn.connections;
     let ports = PORTS.len() as u64;
     assert!(conns >= 1000, "not enough load: {ctx}");
+    assert!(
+        lost * 10_000 <= conns * 10,
+        "{lost} transitions skipped by the kernel: more than 0.01 %; {ctx}"
+    );
+    // Opens against the namespace's own counters (its sockets are all this test's): exact,
+    // short only by the runs the kernel skipped.
+    for (key, field) in [
+        ("Tcp.ActiveOpens", "/connections/active_opens"),
+        ("Tcp.PassiveOpens", "/connections/passive_opens"),
+    ] {
+        let truth = before.delta(&after, key) as u64;
+        let seen = int(&s, field);
+        assert!(
+            seen <= truth && seen + lost >= truth,
+            "{field} {seen} (+{lost} skipped) vs {key} {truth}; {ctx}"
+        );
+    }
     // Ten transitions per connection, two per listener; a connection cut short by the stop
-    // (one per thread at most) adds a few.
+    // (one per thread at most) adds a few. Under CPU load the kernel occasionally makes no
+    // inet_sock_set_state call at all for an orphaned client's FIN_WAIT1 -> FIN_WAIT2 -> CLOSE
+    // (about one connection in 100 000 here; a bpftrace on the classic tracepoint misses the
+    // very same two), so the floor leaves room for a few such connections, far fewer than a
+    // lost fold or a lost pause would cost.
     let transitions = int(&s, "/in_kernel/transitions");
     assert_eq!(closing.in_kernel, Some(transitions), "{ctx}");
+    let unreported = 2 * (2 + conns / 50_000);
     let lo = 10 * conns + 2 * ports;
     let hi = 10 * (conns + ports + churn.errors) + 2 * ports;
     assert!(
-        lost * 10_000 <= transitions,
-        "{lost} transitions skipped by the kernel: more than 0.01 %; {ctx}"
-    );
-    assert!(
-        transitions + lost >= lo && transitions <= hi,
-        "in_kernel.transitions {transitions} (+{lost} skipped), want {lo}..={hi}; {ctx}"
+        transitions + lost + unreported >= lo && transitions <= hi,
+        "in_kernel.transitions {transitions} (+{lost} skipped), want {lo}..={hi} (less at most \
+         {unreported} the kernel did not report); {ctx}"
     );
     let opens = int(&s, "/connections/active_opens");
     assert!(
