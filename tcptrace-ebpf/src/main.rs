@@ -41,7 +41,7 @@ use aya_log_ebpf::debug;
 use tcptrace_common::{
     AF_INET, AF_INET6, Config, GAP_BIT, IPPROTO_TCP, MAX_KERNEL_PORTS, NONE, Offsets, RECORD_MAX,
     RawEvent, TupleOffsets,
-    agg::{self, Buckets, PortKey, SockTimes, SynKey, SynSlot},
+    agg::{self, Buckets, SockTimes, SynKey, SynSlot},
     counter, kind,
 };
 
@@ -72,15 +72,20 @@ static SOCKS: Array<SockTimes> = Array::with_max_entries(1 << 18, 0);
 #[map]
 static HISTS: PerCpuArray<Buckets> = PerCpuArray::with_max_entries(agg::ROWS, 0);
 
-/// Aggregation mode: per-port histograms (size set by the loader from `--max-ports`). Shared by
-/// all CPUs and preallocated: a row is never refused for want of memory in a burst (per-CPU
-/// rows allocated on demand were), and the memory does not grow with the number of CPUs.
+/// Aggregation mode: per-port histograms, a block of `agg::PORT_METRICS` rows per port (size set
+/// by the loader from `--max-ports`). Shared by all CPUs and preallocated: a row is never
+/// refused for want of memory in a burst (per-CPU rows allocated on demand were), and the
+/// memory does not grow with the number of CPUs.
 #[map]
-static PORT_HISTS: HashMap<PortKey, Buckets> = HashMap::with_max_entries(1024, 0);
+static PORT_ROWS: Array<Buckets> = Array::with_max_entries(64 * agg::PORT_METRICS, 0);
 
-/// One zeroed row, the initial value of a new per-port histogram (too big for the stack).
+/// Aggregation mode: which block of `PORT_ROWS` a port has (size: `--max-ports`).
 #[map]
-static ZERO_ROW: Array<Buckets> = Array::with_max_entries(1, 0);
+static PORT_INDEX: HashMap<u16, u32> = HashMap::with_max_entries(64, 0);
+
+/// Aggregation mode: which port a block of `PORT_ROWS` belongs to (size: `--max-ports`).
+#[map]
+static PORT_OWNER: HashMap<u32, u16> = HashMap::with_max_entries(64, 0);
 
 /// Aggregation mode: SYN arrival times waiting for their accepted socket, in the slot a hash
 /// of the netns cookie and 4-tuple picks (`CONFIG.syns_mask`; size set by the loader).
@@ -535,9 +540,10 @@ fn sockops_aggregate(
     let live = e.ts_ns != 0 && now.saturating_sub(e.ts_ns) < agg::SYN_MAX_AGE_NS;
     let ours = live && e.key == key;
     if kind == kind::SYN_RECEIVED {
+        let pblock = if ours { e.pblock } else { port_block(key.lport) };
         if queues != 0 || sk != 0 {
-            port_hist_add(key.lport, agg::PORT_ACCEPT_QUEUE, u64::from(queues >> 16));
-            port_hist_add(key.lport, agg::PORT_SYN_QUEUE, u64::from(queues & 0xffff));
+            port_hist_add(pblock, agg::PORT_ACCEPT_QUEUE, u64::from(queues >> 16));
+            port_hist_add(pblock, agg::PORT_SYN_QUEUE, u64::from(queues & 0xffff));
         }
         if ours {
             // A retransmitted SYN: the first one's time is kept.
@@ -548,6 +554,7 @@ fn sockops_aggregate(
         }
         e.key = key;
         e.ts_ns = now;
+        e.pblock = pblock;
         return;
     }
     // PASSIVE_ESTABLISHED_CB: `sk` is the accepted socket.
@@ -559,7 +566,7 @@ fn sockops_aggregate(
     e.ts_ns = 0;
     let us = now.saturating_sub(syn_ns) / 1000;
     hist_add(agg::PASSIVE, us);
-    port_hist_add(key.lport, agg::PORT_PASSIVE, us);
+    port_hist_add(e.pblock, agg::PORT_PASSIVE, us);
     count_retransmits(counter::PASSIVE_RETRANS, sk);
 }
 
@@ -619,28 +626,18 @@ fn hist_add(row: u32, v: u64) {
 }
 
 #[inline(always)]
-fn port_hist_add(port: u16, metric: u16, v: u64) {
+fn port_hist_add(pblock: u16, metric: u16, v: u64) {
+    if pblock == agg::PBLOCK_FULL || pblock == agg::PBLOCK_UNKNOWN {
+        bump(counter::PORTS_FULL);
+        return;
+    }
     let b = agg::bucket(v);
     if b >= agg::BUCKETS {
         return;
     }
-    let key = PortKey { port, metric };
-    let row = match PORT_HISTS.get_ptr_mut(key) {
-        Some(r) => r,
-        None => {
-            let Some(zero) = ZERO_ROW.get(0) else {
-                return;
-            };
-            // Fails when full, or when another CPU just made the row (found below).
-            let _ = PORT_HISTS.insert(key, zero, BPF_NOEXIST as u64);
-            match PORT_HISTS.get_ptr_mut(key) {
-                Some(r) => r,
-                None => {
-                    bump(counter::PORTS_FULL);
-                    return;
-                }
-            }
-        }
+    let index = u32::from(pblock - 1) * agg::PORT_METRICS + u32::from(metric);
+    let Some(row) = PORT_ROWS.get_ptr_mut(index) else {
+        return;
     };
     // Shared by every CPU: an atomic add. BPF has 64-bit atomics only, so add to the 32-bit
     // count's half of its aligned 64-bit word (little endian: even buckets are the low half;
@@ -657,6 +654,49 @@ fn port_hist_add(port: u16, metric: u16, v: u64) {
         )
     };
 }
+
+/// An accepted socket's listening-port block, looked up on its first measurement.
+#[inline(always)]
+fn sock_pblock(s: &mut SockTimes) -> u16 {
+    if s.pblock == agg::PBLOCK_UNKNOWN {
+        s.pblock = port_block(s.port);
+    }
+    s.pblock
+}
+
+/// The block of `PORT_ROWS` that `port` has, claiming one on first use; plus one (what
+/// `SockTimes::pblock` keeps), or `agg::PBLOCK_FULL` when none can be had.
+///
+/// A port's candidate blocks are a few slots from a hash of it; `PORT_OWNER` (inserts are
+/// atomic) decides which port a block belongs to, so two CPUs seeing new ports at once never
+/// share one. (An atomic counter would need BPF's fetch-and-add, which this target's
+/// instruction set lacks.)
+#[inline(always)]
+fn port_block(port: u16) -> u16 {
+    if let Some(b) = unsafe { PORT_INDEX.get(port) } {
+        return *b as u16 + 1;
+    }
+    let mask = global!(CONFIG.port_blocks).wrapping_sub(1);
+    let h = u32::from(port).wrapping_mul(0x9e37_79b1) >> 16;
+    for i in 0..PORT_PROBES {
+        let block = h.wrapping_add(i) & mask;
+        let owned = PORT_OWNER.insert(block, port, BPF_NOEXIST as u64).is_ok()
+            || unsafe { PORT_OWNER.get(block) } == Some(&port);
+        if owned {
+            // Fails if another CPU gave this port a block meanwhile: that one is used, this
+            // one stays empty (and taken).
+            let _ = PORT_INDEX.insert(port, block, BPF_NOEXIST as u64);
+            break;
+        }
+    }
+    match unsafe { PORT_INDEX.get(port) } {
+        Some(b) => *b as u16 + 1,
+        None => agg::PBLOCK_FULL,
+    }
+}
+
+/// Blocks a port may take (see `port_block`).
+const PORT_PROBES: u32 = 8;
 
 /// Counts a handshake under its number of SYN (or SYN-ACK) retransmits, read from the new
 /// socket's `total_retrans`.
@@ -791,18 +831,19 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
             0
         };
         s.port = lport;
+        s.pblock = agg::PBLOCK_UNKNOWN;
     } else if s.since_ns != 0 && i32::from(s.state) == old {
         let us = now.saturating_sub(s.since_ns) / 1000;
         // A listener's time in LISTEN is its lifetime, not a connection's dwell.
         if old != TCP_LISTEN && (0..16).contains(&old) {
             hist_add(agg::DWELL + old as u32, us);
-            if s.flags & agg::FLAG_PASSIVE != 0 {
-                port_hist_add(s.port, agg::PORT_DWELL + old as u16, us);
+            if s.flags & agg::FLAG_PASSIVE != 0 && old < i32::from(agg::PORT_PASSIVE) {
+                port_hist_add(sock_pblock(s), agg::PORT_DWELL + old as u16, us);
             }
         }
         if old == TCP_SYN_SENT && new == TCP_ESTABLISHED {
             hist_add(agg::ACTIVE, us);
-            port_hist_add(rport, agg::PORT_ACTIVE_BY_REMOTE, us);
+            port_hist_add(port_block(rport), agg::PORT_ACTIVE_BY_REMOTE, us);
             count_retransmits(counter::ACTIVE_RETRANS, sk as u64);
         }
     } else {
@@ -813,7 +854,7 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         let srtt: u32 = read((sk as u64 + global!(OFFSETS.kernel.tcp_srtt_us) as u64) as *const u8);
         let us = u64::from(srtt >> 3);
         hist_add(agg::PASSIVE, us);
-        port_hist_add(lport, agg::PORT_PASSIVE, us);
+        port_hist_add(sock_pblock(s), agg::PORT_PASSIVE, us);
         count_retransmits(counter::PASSIVE_RETRANS, sk as u64);
     }
     if to_close {

@@ -191,6 +191,20 @@ pub fn ss(ns: &Netns) -> Vec<SsSocket> {
     parse_ss(&text)
 }
 
+/// Waits (up to 3 s) until every TCP socket in `ns` is listening or in TIME_WAIT: the last
+/// closes of a test's connections land in softirq after its threads return, later on a loaded
+/// machine; a tracer stopped before them would miss them.
+pub fn settle(ns: &Netns) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while ss(ns)
+        .iter()
+        .any(|s| s.state != "LISTEN" && s.state != "TIME-WAIT")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Parses `ss -tanm`: a header, then per socket a line `STATE RECVQ SENDQ LOCAL PEER` and, with
 /// `-m`, an indented `skmem:(...)` line.
 pub fn parse_ss(text: &str) -> Vec<SsSocket> {

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tcptrace_tests::diag::{array, own_comm};
+use tcptrace_tests::diag::{array, own_comm, settle};
 use tcptrace_tests::outputs::{
     H, TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int,
     read_summary, run_tracer, show, summary_tags,
@@ -151,6 +151,7 @@ fn kernel_and_user_aggregation_agree_side_by_side() {
             hs.into_iter().map(join).collect()
         })
     });
+    settle(&ns);
     let kout = kt.stop();
     let uout = ut.stop();
     let after = Counters::read(&ns);

@@ -45,6 +45,12 @@ pub struct BenchOptions {
     /// Connections per second for the fixed-rate run (0: skip it).
     pub fixed_rate: u64,
     pub tracer: PathBuf,
+    /// Only these configurations (plus the no-tracer baseline); empty: all.
+    pub only: Vec<String>,
+    /// Turn kernel.bpf_stats_enabled on for the run and report each program's cost.
+    pub bpf_stats: bool,
+    /// Another tcptrace binary whose `watch` runs side by side (e.g. the previous commit's).
+    pub compare: Option<PathBuf>,
 }
 
 /// A network namespace for the load, removed on drop.
@@ -162,7 +168,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// line through the samples after warm-up.
 pub fn soak(tracer: &Path, minutes: u64, rate: u64) -> Result<String> {
     let ns = Netns::new()?;
-    let t = start_tracer(Config::Watch, tracer)?.context("tracer")?;
+    let t = start_tracer(Config::Watch, tracer, None)?.context("tracer")?;
     let pid = t.child.id();
     let secs = minutes * 60;
     let nspath = ns.path();
@@ -236,6 +242,7 @@ fn self_cpu_seconds() -> f64 {
 enum Config {
     None,
     Watch,
+    WatchCompare,
     WatchSrtt,
     WatchStream,
     EventsJson,
@@ -243,10 +250,24 @@ enum Config {
 }
 
 impl Config {
+    /// The name `--only` takes.
+    fn key(self) -> &'static str {
+        match self {
+            Config::None => "none",
+            Config::Watch => "watch",
+            Config::WatchCompare => "watch-compare",
+            Config::WatchSrtt => "watch-srtt",
+            Config::WatchStream => "watch-stream",
+            Config::EventsJson => "events-json",
+            Config::Bpftrace => "bpftrace",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Config::None => "no tracer",
             Config::Watch => "tcptrace watch (in-kernel aggregation)",
+            Config::WatchCompare => "--compare binary: watch",
             Config::WatchSrtt => "tcptrace watch --passive-method srtt (no sock_ops)",
             Config::WatchStream => "tcptrace watch --aggregate user",
             Config::EventsJson => "tcptrace events --json > /dev/null",
@@ -260,11 +281,16 @@ struct Tracer {
     stderr: std::thread::JoinHandle<String>,
 }
 
-fn start_tracer(cfg: Config, tracer: &Path) -> Result<Option<Tracer>> {
+fn start_tracer(cfg: Config, tracer: &Path, compare: Option<&Path>) -> Result<Option<Tracer>> {
     let mut cmd = match cfg {
         Config::None => return Ok(None),
         Config::Watch => {
             let mut c = Command::new(tracer);
+            c.args(["watch", "--interval", "1s"]);
+            c
+        }
+        Config::WatchCompare => {
+            let mut c = Command::new(compare.context("no --compare binary")?);
             c.args(["watch", "--interval", "1s"]);
             c
         }
@@ -341,14 +367,17 @@ fn start_tracer(cfg: Config, tracer: &Path) -> Result<Option<Tracer>> {
     }))
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Sample {
     rate: f64,
+    connections: u64,
     tracer_cpu: f64,
     /// CPU of the load generator plus the tracer during the load, % of one core.
     machine_cpu: f64,
     events: u64,
     lost: Option<u64>,
+    /// With --bpf-stats: (program, runs, run time ns) for each of the tracer's programs.
+    progs: Vec<(String, u64, u64)>,
 }
 
 /// `tcptrace: N events received, ..., L lost (ring buffer full or skipped by the kernel), ...`
@@ -374,7 +403,7 @@ fn parse_summary(stderr: &str) -> (u64, Option<u64>) {
 }
 
 fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Result<Sample> {
-    let tracer = start_tracer(cfg, &o.tracer)?;
+    let tracer = start_tracer(cfg, &o.tracer, o.compare.as_deref())?;
     let pid = tracer.as_ref().map(|t| t.child.id());
     // Only the load window counts: not the tracer's start-up (BTF, verifier) nor its exit.
     let cpu0 = pid.and_then(cpu_seconds).unwrap_or(0.0);
@@ -387,8 +416,13 @@ fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Resul
     let tracer_cpu = (cpu1 - cpu0) / secs * 100.0;
     let mut s = Sample {
         rate: n as f64 / secs,
+        connections: n,
         tracer_cpu,
         machine_cpu: (load1 - load0) / secs * 100.0 + tracer_cpu,
+        progs: match pid {
+            Some(pid) if o.bpf_stats => prog_stats(pid),
+            _ => Vec::new(),
+        },
         ..Sample::default()
     };
     if let Some(mut t) = tracer {
@@ -403,6 +437,72 @@ fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Resul
         }
     }
     Ok(s)
+}
+
+/// Run counts and run times of the BPF programs `pid` holds open (its fdinfo), named by bpftool.
+/// Counted only while kernel.bpf_stats_enabled is on.
+fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (Some(id), Some(cnt), Some(ns)) =
+            (field("prog_id:"), field("run_cnt:"), field("run_time_ns:"))
+        else {
+            continue;
+        };
+        // "ID: TYPE  name NAME  tag ..."
+        let name = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .ok()
+            .and_then(|o| {
+                let t = String::from_utf8_lossy(&o.stdout).into_owned();
+                let w: Vec<&str> = t.split_whitespace().collect();
+                let i = w.iter().position(|x| *x == "name")?;
+                w.get(i + 1).map(|n| n.to_string())
+            })
+            .unwrap_or_else(|| format!("id {id}"));
+        if !out.iter().any(|(n, _, _)| *n == name) {
+            out.push((name, cnt, ns));
+        }
+    }
+    out
+}
+
+/// kernel.bpf_stats_enabled on while it lives (the kernel counts run time only then; it costs
+/// every program two clock reads per run).
+struct BpfStats(Option<String>);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable(on: bool) -> Result<BpfStats> {
+        if !on {
+            return Ok(BpfStats(None));
+        }
+        let before = std::fs::read_to_string(Self::PATH)
+            .with_context(|| format!("reading {}", Self::PATH))?;
+        std::fs::write(Self::PATH, "1").with_context(|| format!("writing {}", Self::PATH))?;
+        Ok(BpfStats(Some(before)))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            let _ = std::fs::write(Self::PATH, before.trim());
+        }
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -420,13 +520,12 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn overhead(o: &BenchOptions) -> Result<String> {
     let ns = Netns::new()?;
-    let mut configs = vec![
-        Config::None,
-        Config::Watch,
-        Config::WatchSrtt,
-        Config::WatchStream,
-        Config::EventsJson,
-    ];
+    let _stats = BpfStats::enable(o.bpf_stats)?;
+    let mut configs = vec![Config::None, Config::Watch];
+    if o.compare.is_some() {
+        configs.push(Config::WatchCompare);
+    }
+    configs.extend([Config::WatchSrtt, Config::WatchStream, Config::EventsJson]);
     let have_bpftrace = Command::new("bpftrace")
         .arg("--version")
         .stdout(Stdio::null())
@@ -435,6 +534,17 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         .is_ok_and(|s| s.success());
     if have_bpftrace {
         configs.push(Config::Bpftrace);
+    }
+    for k in &o.only {
+        if !configs.iter().any(|c| c.key() == k) {
+            bail!(
+                "--only {k}: no such configuration here; choose from {}",
+                configs.iter().map(|c| c.key()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    if !o.only.is_empty() {
+        configs.retain(|c| *c == Config::None || o.only.iter().any(|k| k == c.key()));
     }
     // Warm-up: the first churn after creating a namespace is slower.
     churn(&ns.path(), o.threads, 2, None)?;
@@ -512,17 +622,53 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
             }),
         ));
     }
+    if o.bpf_stats {
+        out.push_str(
+            "\nBPF programs (kernel.bpf_stats_enabled, which itself adds two clock reads per run; medians over the rounds):\n\n| configuration | program | runs per connection | ns per run | ns per connection |\n|---|---|---|---|---|\n",
+        );
+        for (i, cfg) in configs.iter().enumerate() {
+            let mut names: Vec<&str> = samples[i]
+                .iter()
+                .flat_map(|s| s.progs.iter().map(|p| p.0.as_str()))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            for name in names {
+                let per = |f: &dyn Fn(&Sample, u64, u64) -> f64| -> f64 {
+                    let mut v: Vec<f64> = samples[i]
+                        .iter()
+                        .filter_map(|s| {
+                            let p = s.progs.iter().find(|p| p.0 == name)?;
+                            Some(f(s, p.1, p.2))
+                        })
+                        .collect();
+                    median(&mut v)
+                };
+                let runs = per(&|s, cnt, _| cnt as f64 / s.connections.max(1) as f64);
+                let ns_run = per(&|_, cnt, ns| ns as f64 / cnt.max(1) as f64);
+                let ns_conn = per(&|s, _, ns| ns as f64 / s.connections.max(1) as f64);
+                out.push_str(&format!(
+                    "| {} | {name} | {runs:.2} | {ns_run:.0} | {ns_conn:.0} |\n",
+                    cfg.name()
+                ));
+            }
+        }
+    }
     if o.fixed_rate > 0 {
         out.push_str(&format!(
             "\nAt a fixed {} connections/s: CPU of the load generator (with the kernel work in its context, BPF programs included) plus the tracer, % of one core, paired with the same round's no-tracer run:\n\n| configuration | connections/s | load + tracer CPU % median | extra vs none (% of the 2-core machine) | tracer CPU % | lost events |\n|---|---|---|---|---|---|\n",
             o.fixed_rate
         ));
-        let fixed_cfgs = [
+        let fixed_cfgs: Vec<Config> = [
             Config::None,
             Config::Watch,
+            Config::WatchCompare,
             Config::WatchSrtt,
             Config::EventsJson,
-        ];
+        ]
+        .into_iter()
+        .filter(|c| configs.contains(c))
+        .collect();
         let mut busy: Vec<Vec<(f64, Sample)>> = vec![Vec::new(); fixed_cfgs.len()];
         for _ in 0..o.rounds.min(3) {
             for (i, cfg) in fixed_cfgs.iter().enumerate() {

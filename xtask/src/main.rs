@@ -98,6 +98,19 @@ enum Cmd {
         /// Only the aggregator benchmark
         #[arg(long)]
         aggregator_only: bool,
+        /// Overhead runs of only these configurations (and the no-tracer baseline; the
+        /// aggregator benchmark is skipped): none, watch, watch-srtt, watch-stream, events-json,
+        /// bpftrace
+        #[arg(long, value_name = "CONFIG", value_delimiter = ',')]
+        only: Vec<String>,
+        /// Also report each BPF program's runs per connection and ns per run
+        /// (kernel.bpf_stats_enabled is on for the run, which slows every program a little)
+        #[arg(long)]
+        bpf_stats: bool,
+        /// Another tcptrace binary (e.g. built from the previous commit) whose `watch` runs in
+        /// the same rounds ("watch-compare" for --only)
+        #[arg(long, value_name = "PATH")]
+        compare: Option<PathBuf>,
         /// Instead of the overhead runs: the soak, `tcptrace watch` under a steady churn at
         /// --fixed-rate for this many minutes, its memory sampled every 10 s
         #[arg(long, value_name = "MINUTES")]
@@ -175,6 +188,9 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
             threads,
             fixed_rate,
             aggregator_only,
+            only,
+            bpf_stats,
+            compare,
             soak,
         } => {
             ctx.setup()?;
@@ -191,10 +207,12 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            step(
-                "aggregator benchmark",
-                &mut ctx.cargo("bench -p tcptrace --bench aggregate"),
-            )?;
+            if only.is_empty() {
+                step(
+                    "aggregator benchmark",
+                    &mut ctx.cargo("bench -p tcptrace --bench aggregate"),
+                )?;
+            }
             if !aggregator_only {
                 if !is_root() {
                     bail!(
@@ -208,6 +226,9 @@ fn dispatch(command: Cmd) -> Result<ExitCode> {
                     threads,
                     fixed_rate,
                     tracer: ctx.tracer_bin(true),
+                    only,
+                    bpf_stats,
+                    compare,
                 })?;
                 println!("{table}");
             }

@@ -232,7 +232,8 @@ pub struct Config {
     /// pick a slot from a socket cookie or a SYN's hash.
     pub socks_mask: u32,
     pub syns_mask: u32,
-    pub _pad: u32,
+    /// Aggregation mode: ports that get their own rows in `PORT_ROWS` (`--max-ports`).
+    pub port_blocks: u32,
     /// [`AF_INET`], [`AF_INET6`] or 0.
     pub family: u16,
     /// How many of `ports` are set (0 = any port).
@@ -304,11 +305,12 @@ pub mod agg {
     /// Metrics of the per-port histograms ([`PortKey::metric`]): dwell of accepted sockets by
     /// listening port (`PORT_DWELL + state`), passive handshakes by listening port, active
     /// handshakes by remote port, listener queues at each SYN.
+    /// (States up to CLOSING, 11; NEW_SYN_RECV is never a full socket's.)
     pub const PORT_DWELL: u16 = 0;
-    pub const PORT_PASSIVE: u16 = 16;
-    pub const PORT_ACTIVE_BY_REMOTE: u16 = 17;
-    pub const PORT_ACCEPT_QUEUE: u16 = 18;
-    pub const PORT_SYN_QUEUE: u16 = 19;
+    pub const PORT_PASSIVE: u16 = 12;
+    pub const PORT_ACTIVE_BY_REMOTE: u16 = 13;
+    pub const PORT_ACCEPT_QUEUE: u16 = 14;
+    pub const PORT_SYN_QUEUE: u16 = 15;
 
     /// The bucket of `v`: exact below 64, then 32 per power of two.
     #[inline(always)]
@@ -376,6 +378,16 @@ pub mod agg {
         pub metric: u16,
     }
 
+    /// Rows per port in `PORT_ROWS`: a block of one row per metric (`PORT_DWELL + state` ..
+    /// [`PORT_SYN_QUEUE`]). A port's block is found once (`PORT_INDEX`), then remembered where
+    /// it is used again (a socket's slot, a waiting SYN): an array access instead of a hash
+    /// lookup per measurement.
+    pub const PORT_METRICS: u32 = 16;
+    /// `SockTimes::pblock` / `SynSlot::pblock`: block not looked up yet.
+    pub const PBLOCK_UNKNOWN: u16 = 0;
+    /// ... no block to be had (every one taken): the values are counted in `PORTS_FULL`.
+    pub const PBLOCK_FULL: u16 = u16::MAX;
+
     /// What the kernel remembers of one socket: a slot of `SOCKS`, an array indexed by the
     /// socket cookie's low bits (no hash map: a lookup is one array access, no lock, no
     /// allocation). The cookie tells whose times the slot holds.
@@ -395,7 +407,9 @@ pub mod agg {
         pub flags: u8,
         /// Listening port of an accepted socket.
         pub port: u16,
-        pub _pad: u32,
+        /// That port's block in `PORT_ROWS` plus one, or [`PBLOCK_UNKNOWN`] / [`PBLOCK_FULL`].
+        pub pblock: u16,
+        pub _pad: u16,
     }
 
     pub const FLAG_PASSIVE: u8 = 1;
@@ -412,6 +426,9 @@ pub mod agg {
         pub key: SynKey,
         /// When the SYN arrived; 0: free.
         pub ts_ns: u64,
+        /// The listening port's block in `PORT_ROWS` plus one, as for [`SockTimes::pblock`].
+        pub pblock: u16,
+        pub _pad: [u16; 3],
     }
 
     /// A waiting SYN older than this is stale (its handshake never completed): overwritten
@@ -470,7 +487,7 @@ impl Config {
         netns: 0,
         socks_mask: 0,
         syns_mask: 0,
-        _pad: 0,
+        port_blocks: 0,
         family: 0,
         nports: 0,
         ports: [0; MAX_KERNEL_PORTS],

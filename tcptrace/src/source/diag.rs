@@ -6,14 +6,8 @@ use std::net::SocketAddr;
 use anyhow::{Context as _, anyhow, bail};
 use std::sync::{Mutex, OnceLock};
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
-use netlink_packet_sock_diag::{
-    SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, nlas::Nla},
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, Parseable};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetResponse, StateFlags, nlas::Nla};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use tcptrace_common::agg::SockTimes;
 
@@ -77,7 +71,20 @@ pub fn states(list: &[TcpState]) -> StateFlags {
     f
 }
 
+/// `TCPDIAG_GETSOCK`: the original inet_diag request. Unlike `SOCK_DIAG_BY_FAMILY` it takes
+/// `AF_UNSPEC`, so one dump (one walk of the kernel's established hash) returns both families.
+const TCPDIAG_GETSOCK: u16 = 18;
+/// `struct inet_diag_req`: family, src_len, dst_len, ext, a 48-byte socket id, states, dbs.
+const INET_DIAG_REQ_LEN: usize = 60;
+const NLMSG_HDR_LEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
 /// Dumps TCP sockets of both families in the given states.
+///
+/// One request for both families: the kernel's established hash is shared by every namespace,
+/// so each dump walks all of it (every namespace's sockets, TIME_WAIT included) whatever it
+/// returns; asking per family walked it twice.
 pub fn dump(wanted: StateFlags, meminfo: bool) -> anyhow::Result<Vec<DiagSocket>> {
     let mut socket =
         Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
@@ -85,48 +92,15 @@ pub fn dump(wanted: StateFlags, meminfo: bool) -> anyhow::Result<Vec<DiagSocket>
     socket
         .connect(&netlink_sys::SocketAddr::new(0, 0))
         .context("connecting the sock_diag socket")?;
-    let mut out = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        dump_family(&mut socket, family, wanted.clone(), meminfo, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn dump_family(
-    socket: &mut Socket,
-    family: u8,
-    wanted: StateFlags,
-    meminfo: bool,
-    out: &mut Vec<DiagSocket>,
-) -> anyhow::Result<()> {
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut packet = NetlinkMessage::new(
-        hdr,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: if meminfo {
-                ExtensionFlags::SKMEMINFO
-            } else {
-                ExtensionFlags::empty()
-            },
-            states: wanted,
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf[..]);
+    let ext = if meminfo {
+        ExtensionFlags::SKMEMINFO
+    } else {
+        ExtensionFlags::empty()
+    };
     socket
-        .send(&buf, 0)
+        .send(&compat_request(wanted.bits(), ext.bits()), 0)
         .context("sending the sock_diag request")?;
-
+    let mut out = Vec::new();
     let mut rx = Vec::with_capacity(1 << 16);
     loop {
         rx.clear();
@@ -136,69 +110,124 @@ fn dump_family(
         if n == 0 {
             bail!("sock_diag: connection closed before the dump ended");
         }
-        let mut offset = 0;
-        while offset < rx.len() {
-            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[offset..])
-                .map_err(|e| anyhow!("sock_diag: undecodable answer: {e}"))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => bail!("sock_diag: kernel error {e:?}"),
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let h = &r.header;
-                    let Some(state) = TcpState::from_kernel(h.state) else {
-                        continue;
-                    };
-                    let drops = r.nlas.iter().find_map(|n| match n {
-                        Nla::MemInfo(m) => Some(m.drops),
-                        _ => None,
-                    });
-                    // Only leak ages need it: one map lookup per CLOSE_WAIT socket.
-                    let since_ns = if state == TcpState::CloseWait {
-                        since_ns(h.socket_id.cookie, state)
-                    } else {
-                        None
-                    };
-                    // The kernel's receive queue is rcv_nxt - copied_seq, which counts the peer's
-                    // FIN once it has arrived: report unread bytes only.
-                    let fin_received = matches!(
-                        state,
-                        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing
-                    );
-                    let recv_q = if fin_received {
-                        h.recv_queue.saturating_sub(1)
-                    } else {
-                        h.recv_queue
-                    };
-                    out.push(DiagSocket {
-                        state,
-                        local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
-                        remote: SocketAddr::new(
-                            h.socket_id.destination_address,
-                            h.socket_id.destination_port,
-                        ),
-                        inode: h.inode,
-                        uid: h.uid,
-                        recv_q,
-                        send_q: h.send_queue,
-                        drops,
-                        since_ns,
-                    });
-                }
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
+        if read_answer(&rx, &mut out)? {
+            return Ok(out);
         }
     }
+}
+
+/// The dump request: a netlink header and a `struct inet_diag_req` for `AF_UNSPEC`.
+fn compat_request(states: u32, ext: u8) -> Vec<u8> {
+    let len = NLMSG_HDR_LEN + INET_DIAG_REQ_LEN;
+    let mut b = vec![0u8; len];
+    let mut hdr = NetlinkBuffer::new(&mut b[..]);
+    hdr.set_length(len as u32);
+    hdr.set_message_type(TCPDIAG_GETSOCK);
+    hdr.set_flags(NLM_F_REQUEST | NLM_F_DUMP);
+    let req = &mut b[NLMSG_HDR_LEN..];
+    req[0] = 0; // AF_UNSPEC
+    req[3] = ext;
+    // The socket id's cookie: INET_DIAG_NOCOOKIE.
+    req[44..52].fill(0xff);
+    req[52..56].copy_from_slice(&states.to_ne_bytes());
+    b
+}
+
+/// Adds the sockets in one read of the answer to `out`; true once the dump is done.
+fn read_answer(rx: &[u8], out: &mut Vec<DiagSocket>) -> anyhow::Result<bool> {
+    let mut offset = 0;
+    while offset + NLMSG_HDR_LEN <= rx.len() {
+        let msg = NetlinkBuffer::new_checked(&rx[offset..])
+            .map_err(|e| anyhow!("sock_diag: undecodable answer: {e}"))?;
+        let len = msg.length() as usize;
+        match msg.message_type() {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let code = msg
+                    .payload()
+                    .get(..4)
+                    .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                bail!(
+                    "sock_diag: the kernel refused the dump: {}",
+                    std::io::Error::from_raw_os_error(-code)
+                );
+            }
+            _ => {
+                let r = InetResponse::parse(msg.payload())
+                    .map_err(|e| anyhow!("sock_diag: undecodable socket: {e}"))?;
+                if let Some(d) = diag_socket(&r) {
+                    out.push(d);
+                }
+            }
+        }
+        // Messages are 4-byte aligned.
+        let step = len.next_multiple_of(4);
+        if step == 0 {
+            break;
+        }
+        offset += step;
+    }
+    Ok(false)
+}
+
+fn diag_socket(r: &InetResponse) -> Option<DiagSocket> {
+    let h = &r.header;
+    let state = TcpState::from_kernel(h.state)?;
+    let drops = r.nlas.iter().find_map(|n| match n {
+        Nla::MemInfo(m) => Some(m.drops),
+        _ => None,
+    });
+    // Only leak ages need it: one map lookup per CLOSE_WAIT socket.
+    let since_ns = if state == TcpState::CloseWait {
+        since_ns(h.socket_id.cookie, state)
+    } else {
+        None
+    };
+    // The kernel's receive queue is rcv_nxt - copied_seq, which counts the peer's FIN once it
+    // has arrived: report unread bytes only.
+    let fin_received = matches!(
+        state,
+        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing
+    );
+    let recv_q = if fin_received {
+        h.recv_queue.saturating_sub(1)
+    } else {
+        h.recv_queue
+    };
+    Some(DiagSocket {
+        state,
+        local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
+        remote: SocketAddr::new(
+            h.socket_id.destination_address,
+            h.socket_id.destination_port,
+        ),
+        inode: h.inode,
+        uid: h.uid,
+        recv_q,
+        send_q: h.send_queue,
+        drops,
+        since_ns,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    #[test]
+    fn one_dump_returns_both_families() {
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = TcpListener::bind("[::1]:0").expect("an IPv6 loopback address");
+        let found = dump(states(&[TcpState::Listen]), false).unwrap();
+        for l in [&v4, &v6] {
+            let a = l.local_addr().unwrap();
+            assert!(
+                found.iter().any(|s| s.local == a && s.drops.is_none()),
+                "{a} missing from {found:?}"
+            );
+        }
+    }
 
     #[test]
     fn sees_our_listener_with_its_queue_limit() {

@@ -3,7 +3,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use tcptrace_common::{
     agg::{self, Buckets, PortKey},
     counter,
@@ -13,7 +13,9 @@ use crate::folded::{BucketCounts, Folded, PortMetric, Row};
 
 pub struct AggReader {
     hists: PerCpuArray<MapData, Buckets>,
-    ports: HashMap<MapData, PortKey, Buckets>,
+    /// Port -> its block of `agg::PORT_METRICS` rows in `port_rows`.
+    port_index: HashMap<MapData, u16, u32>,
+    port_rows: Array<MapData, Buckets>,
     /// Per row (or port key), per CPU: the counts at the previous read.
     prev_rows: Vec<Vec<Buckets>>,
     prev_ports: StdHashMap<PortKey, Vec<Buckets>>,
@@ -50,7 +52,8 @@ impl AggReader {
     pub fn new(ebpf: &mut aya::Ebpf) -> anyhow::Result<AggReader> {
         Ok(AggReader {
             hists: take(ebpf, "HISTS")?,
-            ports: take(ebpf, "PORT_HISTS")?,
+            port_index: take(ebpf, "PORT_INDEX")?,
+            port_rows: take(ebpf, "PORT_ROWS")?,
             prev_rows: Vec::new(),
             prev_ports: StdHashMap::new(),
             prev_counters: [0; counter::COUNT as usize],
@@ -78,20 +81,25 @@ impl AggReader {
                 f.rows.push((row, counts));
             }
         }
-        // Shared rows (one "CPU").
-        let entries: Vec<(PortKey, Vec<Buckets>)> = self
-            .ports
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| (k, vec![v]))
-            .collect();
-        for (key, now) in entries {
-            let counts = diff(&now, self.prev_ports.get(&key));
-            self.prev_ports.insert(key, now);
-            if let Some(metric) = PortMetric::from_kernel(key.metric)
-                && !counts.is_empty()
-            {
-                f.ports.push((key.port, metric, counts));
+        // Shared rows (one "CPU"), by port block.
+        let blocks: Vec<(u16, u32)> = self.port_index.iter().filter_map(Result::ok).collect();
+        for (port, block) in blocks {
+            for metric in 0..agg::PORT_METRICS as u16 {
+                let Some(m) = PortMetric::from_kernel(metric) else {
+                    continue;
+                };
+                let index = block * agg::PORT_METRICS + u32::from(metric);
+                let now = vec![
+                    self.port_rows
+                        .get(&index, 0)
+                        .with_context(|| format!("reading kernel port row {index}"))?,
+                ];
+                let key = PortKey { port, metric };
+                let counts = diff(&now, self.prev_ports.get(&key));
+                self.prev_ports.insert(key, now);
+                if !counts.is_empty() {
+                    f.ports.push((port, m, counts));
+                }
             }
         }
         let mut totals = [0u64; counter::COUNT as usize];

@@ -21,7 +21,7 @@ use aya::{
     maps::{Array, MapData, MapType, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tcptrace_common::{Config, MAX_KERNEL_PORTS, counter};
+use tcptrace_common::{Config, MAX_KERNEL_PORTS, agg, counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use offsets::{STATE_PROGRAM, TRACEPOINTS};
@@ -230,8 +230,14 @@ impl KernelSource {
             config.family = a.family;
             config.nports = a.ports.len() as u16;
             config.ports[..a.ports.len()].copy_from_slice(&a.ports);
-            // Up to 20 metrics per port (dwell in 11 states, handshakes, queues).
-            loader.map_max_entries("PORT_HISTS", a.max_ports.saturating_mul(20).max(20));
+            // A block of rows per port (listening or remote): dwell in 11 states, handshakes,
+            // queues.
+            // A power of two: the kernel picks a port's blocks by masking a hash.
+            let blocks = a.max_ports.clamp(1, 4096).next_power_of_two();
+            config.port_blocks = blocks;
+            loader.map_max_entries("PORT_INDEX", blocks);
+            loader.map_max_entries("PORT_OWNER", blocks);
+            loader.map_max_entries("PORT_ROWS", blocks * agg::PORT_METRICS);
             // Slot tables: a power of two, so a mask picks the slot.
             let syns = a.max_syns.clamp(1, 1 << 24).next_power_of_two();
             let socks = a.max_sockets.clamp(1, 1 << 26).next_power_of_two();
@@ -241,7 +247,7 @@ impl KernelSource {
             loader.map_max_entries("SOCKS", socks);
         } else {
             // Streaming: the aggregation tables are never used; keep them at one slot.
-            for map in ["SYNS", "SOCKS", "PORT_HISTS"] {
+            for map in ["SYNS", "SOCKS", "PORT_INDEX", "PORT_OWNER", "PORT_ROWS"] {
                 loader.map_max_entries(map, 1);
             }
         }
