@@ -680,8 +680,12 @@ fn port_block(port: u16) -> u16 {
     let h = u32::from(port).wrapping_mul(0x9e37_79b1) >> 16;
     for i in 0..PORT_PROBES {
         let block = h.wrapping_add(i) & mask;
-        let owned = PORT_OWNER.insert(block, port, BPF_NOEXIST as u64).is_ok()
-            || unsafe { PORT_OWNER.get(block) } == Some(&port);
+        let owned = match PORT_OWNER.insert(block, port, BPF_NOEXIST as u64) {
+            Ok(()) => true,
+            // Every block has its port: nothing to probe for (ports past --max-ports).
+            Err(e) if e == -E2BIG => break,
+            Err(_) => (unsafe { PORT_OWNER.get(block) }) == Some(&port),
+        };
         if owned {
             // Fails if another CPU gave this port a block meanwhile: that one is used, this
             // one stays empty (and taken).
@@ -697,6 +701,8 @@ fn port_block(port: u16) -> u16 {
 
 /// Blocks a port may take (see `port_block`).
 const PORT_PROBES: u32 = 8;
+/// What a full preallocated hash map answers an insert.
+const E2BIG: i32 = 7;
 
 /// Counts a handshake under its number of SYN (or SYN-ACK) retransmits, read from the new
 /// socket's `total_retrans`.
@@ -854,7 +860,8 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         let srtt: u32 = read((sk as u64 + global!(OFFSETS.kernel.tcp_srtt_us) as u64) as *const u8);
         let us = u64::from(srtt >> 3);
         hist_add(agg::PASSIVE, us);
-        port_hist_add(sock_pblock(s), agg::PORT_PASSIVE, us);
+        // (Not the slot's port: a slot made here, its birth unseen, has none.)
+        port_hist_add(port_block(lport), agg::PORT_PASSIVE, us);
         count_retransmits(counter::PASSIVE_RETRANS, sk as u64);
     }
     if to_close {

@@ -382,6 +382,57 @@ fn kernel_port_filter_keeps_only_that_port() {
     );
 }
 
+/// More ports than `--max-ports`: the first ports measured get their rows in the kernel, the
+/// others' measurements are counted in `in_kernel.ports_full` (eight per connection: two queue
+/// lengths at the SYN, the passive handshake, four dwells of the accepted socket, the active
+/// handshake by remote port), and the totals stay whole.
+#[test]
+fn ports_beyond_max_ports_are_counted_not_lost() {
+    const PORTS: [u16; 4] = [22501, 22502, 22503, 22504];
+    let ns = Netns::new();
+    let dir = TempDir::new("in-kernel-ports-full");
+    let sp = dir.arg("s.json");
+    let t = watch(&ns, &sp, &["--aggregate", "kernel", "--max-ports", "2"]);
+    // One after the other: the first two ports take the two blocks.
+    ns.run(|| {
+        for p in PORTS {
+            held_connection(p, Duration::from_millis(10), Duration::from_millis(10));
+        }
+    });
+    settle(&ns);
+    let out = t.stop();
+    assert_clean_watch(&out);
+    let k = read_summary(&dir.file("s.json"));
+    let ctx = format!("summary:\n{k:#}");
+    let keys = |ptr: &str| -> Vec<String> {
+        k.pointer(ptr)
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys("/by_port"), ["22501", "22502"], "by_port; {ctx}");
+    assert_eq!(
+        keys("/handshake/active_by_remote_port"),
+        ["22501", "22502"],
+        "handshake.active_by_remote_port; {ctx}"
+    );
+    assert_eq!(int(&k, "/in_kernel/ports_full"), 2 * 8, "{ctx}");
+    assert_eq!(int(&k, "/in_kernel/transitions"), 4 * 12, "{ctx}");
+    assert_eq!(hist(&k, "/handshake/passive").count, 4, "{ctx}");
+    assert_eq!(hist(&k, "/handshake/active").count, 4, "{ctx}");
+    for state in ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"] {
+        let total = hist(&k, &format!("/dwell/{state}")).count;
+        assert_eq!(total, if state == "ESTABLISHED" { 8 } else { 4 }, "{state}; {ctx}");
+        for p in ["22501", "22502"] {
+            assert_eq!(
+                hist(&k, &format!("/by_port/{p}/dwell/{state}")).count,
+                1,
+                "port {p} {state}; {ctx}"
+            );
+        }
+    }
+}
+
 /// The kernel forgets a socket when it closes, listeners included: with room for 8 sockets,
 /// ten listeners opened and closed one after the other, then one connection (3 sockets at
 /// most at any time) are all measured.
