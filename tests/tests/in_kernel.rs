@@ -57,6 +57,16 @@ fn watch(ns: &Netns, summary: &str, extra: &[&str]) -> Tracer {
     Tracer::start(&args)
 }
 
+/// The keys of the object at `ptr` in `s` (e.g. the ports of `/by_port`).
+fn object_keys(s: &Value, ptr: &str, ctx: &str) -> Vec<String> {
+    s.pointer(ptr)
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("no object {ptr}; {ctx}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
 /// The JSON pointer of a tag of [`summary_tags`] (`port.P.dwell.S` -> `/by_port/P/dwell/S`).
 fn tag_ptr(tag: &str) -> String {
     let t = match tag.strip_prefix("port.") {
@@ -366,14 +376,7 @@ fn kernel_port_filter_keeps_only_that_port() {
     ] {
         assert_eq!(hist(&k, ptr).count, want as u64, "{ptr}.count; {ctx}");
     }
-    let keys = |ptr: &str| -> Vec<String> {
-        k.pointer(ptr)
-            .and_then(Value::as_object)
-            .unwrap_or_else(|| panic!("no object {ptr}; {ctx}"))
-            .keys()
-            .cloned()
-            .collect()
-    };
+    let keys = |ptr: &str| object_keys(&k, ptr, &ctx);
     assert_eq!(keys("/by_port"), [kept.as_str()], "by_port; {ctx}");
     assert_eq!(
         keys("/handshake/active_by_remote_port"),
@@ -404,12 +407,7 @@ fn ports_beyond_max_ports_are_counted_not_lost() {
     assert_clean_watch(&out);
     let k = read_summary(&dir.file("s.json"));
     let ctx = format!("summary:\n{k:#}");
-    let keys = |ptr: &str| -> Vec<String> {
-        k.pointer(ptr)
-            .and_then(Value::as_object)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
-    };
+    let keys = |ptr: &str| object_keys(&k, ptr, &ctx);
     assert_eq!(keys("/by_port"), ["22501", "22502"], "by_port; {ctx}");
     assert_eq!(
         keys("/handshake/active_by_remote_port"),
