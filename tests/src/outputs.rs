@@ -125,7 +125,10 @@ pub fn parse_closing(line: &str) -> Option<Closing> {
         received: num(parts[0], " events received")?,
         in_kernel,
         shown,
-        lost: num(parts[1], " lost (ring buffer full or skipped by the kernel)")?,
+        lost: num(
+            parts[1],
+            " lost (ring buffer full or skipped by the kernel)",
+        )?,
         undecodable: num(parts[2], " undecodable")?,
         evicted: num(parts[3], " sockets evicted")?,
         secs: parts[4].strip_suffix('s')?.parse().ok()?,
@@ -495,6 +498,17 @@ pub fn parse_hdr_log(text: &str) -> HdrLogText {
     }
 }
 
+/// The keys of the object at `ptr` in `s` (e.g. the ports of `/by_port`); panics with `ctx`
+/// if there is none.
+pub fn object_keys(s: &Value, ptr: &str, ctx: &str) -> Vec<String> {
+    s.pointer(ptr)
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("no object {ptr}; {ctx}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
 /// The histogram tags of a JSON summary with their counts, named as in the histogram log:
 /// `handshake.active`, `handshake.passive`, `lifetime`, `dwell.S`, `port.P.handshake_passive`,
 /// `port.P.dwell.S`. Empty histograms are left out.
@@ -509,14 +523,8 @@ pub fn summary_tags(s: &Value) -> BTreeMap<String, u64> {
     put("handshake.active".into(), "/handshake/active".into());
     put("handshake.passive".into(), "/handshake/passive".into());
     put("lifetime".into(), "/lifetime".into());
-    let obj = |ptr: &str| -> Vec<String> {
-        s.pointer(ptr)
-            .and_then(Value::as_object)
-            .unwrap_or_else(|| panic!("no object {ptr} in the summary:\n{s:#}"))
-            .keys()
-            .cloned()
-            .collect()
-    };
+    let ctx = format!("the summary:\n{s:#}");
+    let obj = |ptr: &str| object_keys(s, ptr, &ctx);
     for st in obj("/dwell") {
         put(format!("dwell.{st}"), format!("/dwell/{st}"));
     }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tcptrace_tests::diag::{array, own_comm, settle};
 use tcptrace_tests::outputs::{
     H, TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int,
-    read_summary, run_tracer, show, summary_tags,
+    object_keys, read_summary, run_tracer, show, summary_tags,
 };
 use tcptrace_tests::scenario::{
     Held, STEP_TIMEOUT, accept_timeout, exchange, held_connection, join, us,
@@ -55,16 +55,6 @@ fn watch(ns: &Netns, summary: &str, extra: &[&str]) -> Tracer {
     let mut args = vec!["watch", "--netns", ns.path_str(), "--json-summary", summary];
     args.extend_from_slice(extra);
     Tracer::start(&args)
-}
-
-/// The keys of the object at `ptr` in `s` (e.g. the ports of `/by_port`).
-fn object_keys(s: &Value, ptr: &str, ctx: &str) -> Vec<String> {
-    s.pointer(ptr)
-        .and_then(Value::as_object)
-        .unwrap_or_else(|| panic!("no object {ptr}; {ctx}"))
-        .keys()
-        .cloned()
-        .collect()
 }
 
 /// The JSON pointer of a tag of [`summary_tags`] (`port.P.dwell.S` -> `/by_port/P/dwell/S`).
@@ -420,7 +410,11 @@ fn ports_beyond_max_ports_are_counted_not_lost() {
     assert_eq!(hist(&k, "/handshake/active").count, 4, "{ctx}");
     for state in ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"] {
         let total = hist(&k, &format!("/dwell/{state}")).count;
-        assert_eq!(total, if state == "ESTABLISHED" { 8 } else { 4 }, "{state}; {ctx}");
+        assert_eq!(
+            total,
+            if state == "ESTABLISHED" { 8 } else { 4 },
+            "{state}; {ctx}"
+        );
         for p in ["22501", "22502"] {
             assert_eq!(
                 hist(&k, &format!("/by_port/{p}/dwell/{state}")).count,
