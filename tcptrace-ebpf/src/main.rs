@@ -540,7 +540,11 @@ fn sockops_aggregate(
     let live = e.ts_ns != 0 && now.saturating_sub(e.ts_ns) < agg::SYN_MAX_AGE_NS;
     let ours = live && e.key == key;
     if kind == kind::SYN_RECEIVED {
-        let pblock = if ours { e.pblock } else { port_block(key.lport) };
+        let pblock = if ours {
+            e.pblock
+        } else {
+            port_block(key.lport)
+        };
         if queues != 0 || sk != 0 {
             port_hist_add(pblock, agg::PORT_ACCEPT_QUEUE, u64::from(queues >> 16));
             port_hist_add(pblock, agg::PORT_SYN_QUEUE, u64::from(queues & 0xffff));

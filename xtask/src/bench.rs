@@ -539,7 +539,11 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         if !configs.iter().any(|c| c.key() == k) {
             bail!(
                 "--only {k}: no such configuration here; choose from {}",
-                configs.iter().map(|c| c.key()).collect::<Vec<_>>().join(", ")
+                configs
+                    .iter()
+                    .map(|c| c.key())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
