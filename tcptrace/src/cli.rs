@@ -162,6 +162,14 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value_t = crate::source::kernel::PassiveChoice::Auto, global = true)]
     pub passive_method: crate::source::kernel::PassiveChoice,
 
+    /// How streaming mode (`events`, --aggregate user, --record) hooks TCP state changes: btf (a
+    /// tp_btf program reading the socket itself: no tracepoint record built and copied per
+    /// event, and never skipped because another BPF program is running on that CPU), tracepoint
+    /// (the classic sock/inet_sock_set_state tracepoint, what older tools use), or auto (btf,
+    /// else tracepoint with a note).
+    #[arg(long, value_enum, default_value_t = crate::source::kernel::StateHook::Auto, global = true)]
+    pub state_hook: crate::source::kernel::StateHook,
+
     /// Where measurements are made. kernel: routine state changes are measured inside the
     /// kernel (per-socket timestamps, per-CPU histograms read every second); only retransmits and
     /// resets cross to userspace, so nothing is lost to a slow reader and userspace does almost

@@ -191,6 +191,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         ring_bytes: common.ring_size,
         debug_bpf: common.debug_bpf,
         passive: common.passive_method,
+        state_hook: common.state_hook,
         aggregate,
     };
     let mut src = match KernelSource::open(&opts) {
@@ -217,6 +218,9 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     }
     if src.mounted_tracefs {
         eprintln!("tcptrace: tracefs was not mounted; mounted it at /sys/kernel/tracing");
+    }
+    if let Some(note) = &src.state_note {
+        eprintln!("tcptrace: state changes through the classic tracepoint: {note}");
     }
     if let Some(note) = &src.passive_note {
         eprintln!("tcptrace: passive handshakes measured by srtt (SYN-ACK RTT): {note}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tcptrace_tests::events::{CLIENT_PATH, SERVER_PATH, is_core, socket_life, state_path, the_one};
 use tcptrace_tests::scenario::{CLIENT_THREAD, SERVER_THREAD, exchange};
-use tcptrace_tests::{EventExt, Netns, Tracer, describe_all};
+use tcptrace_tests::{EventExt, Netns, Tracer, TracerOutput, describe_all};
 
 /// How long the client keeps the connection open after writing.
 const HOLD: Duration = Duration::from_millis(200);
@@ -217,4 +217,70 @@ fn ipv4_client_closes_first() {
 #[test]
 fn ipv6_client_closes_first() {
     check("::1".parse().unwrap(), 21102);
+}
+
+/// The tp_btf program (`--state-hook btf`, the default) reads from the socket what the classic
+/// tracepoint's record holds: both, attached at once to the same connections (IPv4 and IPv6),
+/// report the same state changes field for field.
+#[test]
+fn both_state_hooks_report_the_same_changes() {
+    let ns = Netns::new();
+    let btf = Tracer::events(&["--netns", ns.path_str(), "--state-hook", "btf"]);
+    let classic = Tracer::events(&["--netns", ns.path_str(), "--state-hook", "tracepoint"]);
+    exchange(&ns, "127.0.0.1:21103".parse().unwrap(), Duration::ZERO);
+    exchange(&ns, "[::1]:21104".parse().unwrap(), Duration::ZERO);
+    let (btf, classic) = (btf.stop(), classic.stop());
+    btf.assert_clean();
+    classic.assert_clean();
+    for (out, program) in [(&btf, "state_stream"), (&classic, "sock_set_state")] {
+        let attached = out.stderr.lines().find(|l| l.contains("attached"));
+        assert!(
+            attached.is_some_and(|l| l.contains(program)),
+            "{:?} should attach {program}:\n{}",
+            out.args,
+            out.stderr
+        );
+    }
+    // Everything the state tracepoint reports, and who was running when it fired.
+    let changes = |out: &TracerOutput| {
+        let mut v: Vec<String> = out
+            .events
+            .iter()
+            .filter(|e| e.kind() == "state")
+            .map(|e| {
+                let f = |k: &str| e.get(k).map_or("-".to_string(), Value::to_string);
+                // (Not ts_ns: each program reads the clock itself.)
+                [
+                    "skaddr",
+                    "pid",
+                    "tid",
+                    "comm",
+                    "netns",
+                    "family",
+                    "laddr",
+                    "lport",
+                    "raddr",
+                    "rport",
+                    "old_state",
+                    "new_state",
+                ]
+                .map(f)
+                .join(" ")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (b, c) = (changes(&btf), changes(&classic));
+    // Listener, client and server child of each connection: 2 + 5 + 5 changes each.
+    assert_eq!(
+        b.len(),
+        24,
+        "state changes seen by the tp_btf program:\n{}",
+        b.join("\n")
+    );
+    assert_eq!(
+        b, c,
+        "tp_btf (left) and classic tracepoint (right) disagree"
+    );
 }

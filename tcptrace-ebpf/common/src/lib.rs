@@ -199,6 +199,12 @@ pub struct KernelOffsets {
     /// `struct inet_sock` -> `inet_sport` (local port, network order): still set when an
     /// accepted socket's `skc_num` has been cleared at CLOSE.
     pub inet_sport: u32,
+    /// For the streaming tp_btf program, the addresses the classic tracepoint reports:
+    /// `struct inet_sock` -> `inet_saddr`, `struct sock` -> `__sk_common.skc_daddr` (IPv4,
+    /// network order) and `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub inet_saddr: u32,
+    pub sock_daddr: u32,
+    pub sock_v6_saddr: u32,
 }
 
 /// Everything the kernel programs need to know about this kernel's layouts, handed to them as the

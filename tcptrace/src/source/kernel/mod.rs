@@ -46,6 +46,18 @@ pub enum PassiveChoice {
     Srtt,
 }
 
+/// How streaming mode hooks state changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StateHook {
+    /// btf if it loads, else tracepoint (with a note).
+    #[default]
+    Auto,
+    /// A tp_btf program that reads the socket itself (fail if it cannot load).
+    Btf,
+    /// The classic `sock/inet_sock_set_state` tracepoint and its record.
+    Tracepoint,
+}
+
 #[derive(Clone, Debug)]
 pub struct KernelOptions {
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
@@ -53,6 +65,8 @@ pub struct KernelOptions {
     /// Emit aya-log debug lines from the kernel programs.
     pub debug_bpf: bool,
     pub passive: PassiveChoice,
+    /// Streaming mode's state-change program.
+    pub state_hook: StateHook,
     /// In-kernel aggregation (see `tcptrace_common::agg`), or None to stream every transition.
     pub aggregate: Option<KernelAggregation>,
 }
@@ -80,6 +94,7 @@ impl Default for KernelOptions {
             ring_bytes: 16 << 20,
             debug_bpf: false,
             passive: PassiveChoice::Auto,
+            state_hook: StateHook::Auto,
             aggregate: None,
         }
     }
@@ -118,6 +133,8 @@ pub struct KernelSource {
     /// How passive handshakes are measured on this run, and why if it is the fallback.
     pub passive_method: PassiveMethod,
     pub passive_note: Option<String>,
+    /// Streaming under `--state-hook auto` when the tp_btf program could not load: why.
+    pub state_note: Option<String>,
 }
 
 /// Counters kept by the kernel side.
@@ -276,29 +293,48 @@ impl KernelSource {
 
         let mut attached = Vec::new();
         let aggregating = opts.aggregate.is_some();
-        let btf_rs = || aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF: {e}"));
+        let mut state_note = None;
+        // Streaming through the classic tracepoint (its record copied by `sock_set_state`).
+        let mut classic_state = false;
         if aggregating {
-            let p: &mut aya::programs::BtfTracePoint = ebpf
-                .program_mut("state_agg")
-                .ok_or_else(|| anyhow!("kernel object has no program state_agg (build problem)"))?
-                .try_into()
-                .map_err(|e| anyhow!("program state_agg: {e}"))?;
-            p.load("inet_sock_set_state", &btf_rs()?).map_err(|e| {
-                if let Some(path) = std::env::var_os("TCPTRACE_VERIFIER_LOG") {
-                    let _ = std::fs::write(path, format!("{e:#}"));
-                }
+            attach_state_program(&mut ebpf, "state_agg").map_err(|e| {
                 anyhow!(
-                    "loading state_agg (tp_btf/inet_sock_set_state, in-kernel aggregation): {} (TCPTRACE_VERIFIER_LOG=FILE saves the verifier's whole log; --aggregate user avoids this program)",
-                    first_line(&format!("{e:#}"))
+                    "{e} (in-kernel aggregation; TCPTRACE_VERIFIER_LOG=FILE saves the verifier's whole log; --aggregate user avoids this program)"
                 )
             })?;
-            p.attach()
-                .map_err(|e| anyhow!("attaching state_agg (tp_btf/inet_sock_set_state): {e:#}"))?;
             attached.push("state_agg");
+        } else if opts.state_hook == StateHook::Tracepoint {
+            classic_state = true;
+        } else {
+            let fields = [
+                ("inet_sock.inet_sport", layout.kernel.inet_sport),
+                ("inet_sock.inet_saddr", layout.kernel.inet_saddr),
+                ("sock.__sk_common.skc_daddr", layout.kernel.sock_daddr),
+                (
+                    "sock.__sk_common.skc_v6_rcv_saddr",
+                    layout.kernel.sock_v6_saddr,
+                ),
+                ("sock.sk_protocol", layout.kernel.sock_protocol),
+            ];
+            let missing = fields.iter().find(|(_, off)| *off == u32::MAX);
+            let r = match missing {
+                Some((name, _)) => Err(anyhow!("this kernel's BTF has no {name}")),
+                None => attach_state_program(&mut ebpf, "state_stream"),
+            };
+            match r {
+                Ok(()) => attached.push("state_stream"),
+                Err(e) if opts.state_hook == StateHook::Btf => {
+                    return Err(e.context("--state-hook btf"));
+                }
+                Err(e) => {
+                    state_note = Some(first_line(&format!("{e:#}")));
+                    classic_state = true;
+                }
+            }
         }
         for (prog, category, name) in TRACEPOINTS {
-            if aggregating && prog == STATE_PROGRAM {
-                // Measured in the kernel by state_agg instead.
+            if prog == STATE_PROGRAM && !classic_state {
+                // state_agg or state_stream hooks state changes instead.
                 continue;
             }
             let p: &mut TracePoint = ebpf
@@ -371,6 +407,7 @@ impl KernelSource {
             mounted_tracefs,
             passive_method,
             passive_note,
+            state_note,
         })
     }
 
@@ -471,17 +508,31 @@ fn attach_passive(
     if aggregating {
         return Ok((PassiveMethod::Srtt, note));
     }
+    attach_state_program(ebpf, "passive_rtt")?;
+    Ok((PassiveMethod::Srtt, note))
+}
+
+/// Loads and attaches one of the object's tp_btf programs on `inet_sock_set_state`. A verifier
+/// rejection keeps its first line; TCPTRACE_VERIFIER_LOG=FILE saves the whole log.
+fn attach_state_program(ebpf: &mut Ebpf, prog: &str) -> anyhow::Result<()> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF: {e}"))?;
     let p: &mut aya::programs::BtfTracePoint = ebpf
-        .program_mut("passive_rtt")
-        .ok_or_else(|| anyhow!("kernel object has no program passive_rtt (build problem)"))?
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("kernel object has no program {prog} (build problem)"))?
         .try_into()
-        .map_err(|e| anyhow!("program passive_rtt: {e}"))?;
-    p.load("inet_sock_set_state", &btf)
-        .map_err(|e| anyhow!("loading passive_rtt (tp_btf/inet_sock_set_state): {e:#}"))?;
+        .map_err(|e| anyhow!("program {prog}: {e}"))?;
+    p.load("inet_sock_set_state", &btf).map_err(|e| {
+        if let Some(path) = std::env::var_os("TCPTRACE_VERIFIER_LOG") {
+            let _ = std::fs::write(path, format!("{e:#}"));
+        }
+        anyhow!(
+            "loading {prog} (tp_btf/inet_sock_set_state): {}",
+            first_line(&format!("{e:#}"))
+        )
+    })?;
     p.attach()
-        .map_err(|e| anyhow!("attaching passive_rtt (tp_btf/inet_sock_set_state): {e:#}"))?;
-    Ok((PassiveMethod::Srtt, note))
+        .map_err(|e| anyhow!("attaching {prog} (tp_btf/inet_sock_set_state): {e:#}"))?;
+    Ok(())
 }
 
 fn attach_sock_ops(ebpf: &mut Ebpf) -> anyhow::Result<()> {

@@ -159,6 +159,9 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         // Handshakes by retransmit count are a bonus (u32::MAX: all counted as 0).
         tcp_total_retrans: sized("tcp_sock", "total_retrans", 4).unwrap_or(u32::MAX),
         inet_sport: sized("inet_sock", "inet_sport", 2).unwrap_or(u32::MAX),
+        inet_saddr: sized("inet_sock", "inet_saddr", 4).unwrap_or(u32::MAX),
+        sock_daddr: sized("sock", "__sk_common.skc_daddr", 4).unwrap_or(u32::MAX),
+        sock_v6_saddr: sized("sock", "__sk_common.skc_v6_rcv_saddr", 16).unwrap_or(u32::MAX),
     })
     .context("reading struct layouts from /sys/kernel/btf/vmlinux")
 }
