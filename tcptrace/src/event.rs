@@ -148,11 +148,27 @@ impl Comm {
         String::from_utf8_lossy(&self.0[..end])
     }
 
-    pub fn from_str_lossy(s: &str) -> Comm {
+    /// The name when it can go into JSON as is (printable ASCII, no `"` or `\\`), as nearly
+    /// every process name can: the fast path of `events --json`.
+    pub fn as_plain_json(&self) -> Option<&str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        let b = &self.0[..end];
+        b.iter()
+            .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+            .then(|| std::str::from_utf8(b).ok())
+            .flatten()
+    }
+
+    /// The first 15 bytes of `b` (the kernel's TASK_COMM_LEN, NUL included).
+    pub fn from_bytes(b: &[u8]) -> Comm {
         let mut c = [0u8; 16];
-        let n = s.len().min(15);
-        c[..n].copy_from_slice(&s.as_bytes()[..n]);
+        let n = b.len().min(15);
+        c[..n].copy_from_slice(&b[..n]);
         Comm(c)
+    }
+
+    pub fn from_str_lossy(s: &str) -> Comm {
+        Comm::from_bytes(s.as_bytes())
     }
 }
 

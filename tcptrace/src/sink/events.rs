@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     diagnose::Leak,
-    event::{Event, EventKind, TcpState, rst_reason_name},
+    event::{Comm, Event, EventKind, TcpState, rst_reason_name},
     lifecycle::Outcome,
     sink::{Rfc3339Cache, WallClock},
 };
@@ -57,22 +57,83 @@ struct JsonEvent<'a> {
 
 /// Lower-case hex without leading zeros, as `{:x}` prints it.
 fn hex(b: &mut Vec<u8>, v: u64) {
-    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        b.push(b"0123456789abcdef"[((v >> (i * 4)) & 0xf) as usize]);
+    let digits = ((64 - v.leading_zeros()).div_ceil(4).max(1)) as usize;
+    let mut buf = [0u8; 16];
+    for (i, d) in buf[16 - digits..].iter_mut().rev().enumerate() {
+        *d = b"0123456789abcdef"[((v >> (i * 4)) & 0xf) as usize];
     }
+    b.extend_from_slice(&buf[16 - digits..]);
+}
+
+/// The text format's column headings (the widths every line keeps).
+const TEXT_HEADER: &str = "TIME(UTC)       SKADDR               PID COMM            LOCAL                        REMOTE                               MS  EVENT\n";
+
+/// Spaces after the text written since `start`, up to `width` bytes in all.
+fn pad(b: &mut Vec<u8>, start: usize, width: usize) {
+    let target = start + width;
+    if b.len() < target {
+        b.resize(target, b' ');
+    }
+}
+
+/// `s` right-aligned in `width` bytes.
+fn right(b: &mut Vec<u8>, s: &[u8], width: usize) {
+    b.resize(b.len() + width.saturating_sub(s.len()), b' ');
+    b.extend_from_slice(s);
+}
+
+/// An address and port as `SocketAddr`'s `Display` prints them.
+fn socket_addr(b: &mut Vec<u8>, a: std::net::SocketAddr) {
+    match a {
+        std::net::SocketAddr::V6(v6) if v6.scope_id() != 0 => {
+            let _ = write!(b, "{a}");
+            return;
+        }
+        std::net::SocketAddr::V6(v6) => {
+            b.push(b'[');
+            ip(b, std::net::IpAddr::V6(*v6.ip()));
+            b.push(b']');
+        }
+        std::net::SocketAddr::V4(v4) => ip(b, std::net::IpAddr::V4(*v4.ip())),
+    }
+    b.push(b':');
+    b.extend_from_slice(itoa::Buffer::new().format(a.port()).as_bytes());
+}
+
+/// Nanoseconds as milliseconds with three decimals, as `format!("{:.3}", ns as f64 / 1e6)`
+/// prints them; returns the length written to `out`. Integer arithmetic, except for exact
+/// ties (how the float rounds those depends on its binary value) and huge values.
+fn millis(out: &mut [u8; 32], ns: u64) -> usize {
+    let mut w = &mut out[..];
+    if ns % 1000 == 500 || ns >= 1_000_000_000_000_000 {
+        let _ = write!(w, "{:.3}", ns as f64 / 1e6);
+    } else {
+        let us = (ns + 500) / 1000;
+        let _ = write!(w, "{}.{:03}", us / 1000, us % 1000);
+    }
+    32 - w.len()
+}
+
+/// A number below 1000 in decimal, no leading zeros.
+fn small_decimal(b: &mut Vec<u8>, n: u8) {
+    if n >= 100 {
+        b.push(b'0' + n / 100);
+    }
+    if n >= 10 {
+        b.push(b'0' + n / 10 % 10);
+    }
+    b.push(b'0' + n % 10);
 }
 
 /// An address as `Display` prints it (IPv4 by hand: it is most of them).
 fn ip(b: &mut Vec<u8>, a: std::net::IpAddr) {
     match a {
         std::net::IpAddr::V4(v4) => {
-            let mut n = itoa::Buffer::new();
-            for (i, o) in v4.octets().iter().enumerate() {
+            for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     b.push(b'.');
                 }
-                b.extend_from_slice(n.format(*o).as_bytes());
+                small_decimal(b, o);
             }
         }
         std::net::IpAddr::V6(v6) => {
@@ -84,6 +145,19 @@ fn ip(b: &mut Vec<u8>, a: std::net::IpAddr) {
 /// A JSON string, escaped.
 fn json_str(b: &mut Vec<u8>, s: &str) -> io::Result<()> {
     serde_json::to_writer(b, s).map_err(io::Error::other)
+}
+
+/// A process name as a JSON string.
+fn json_comm(b: &mut Vec<u8>, c: &Comm) -> io::Result<()> {
+    match c.as_plain_json() {
+        Some(s) => {
+            b.push(b'"');
+            b.extend_from_slice(s.as_bytes());
+            b.push(b'"');
+            Ok(())
+        }
+        None => json_str(b, &c.as_str()),
+    }
 }
 
 /// A string known to need no escaping (state names), or null.
@@ -203,34 +277,64 @@ impl<W: Write> EventsSink<W> {
         self.out.flush()
     }
 
+    /// One text line, written by hand into the reused buffer like the JSON ones: through
+    /// `format!` (an allocation per column) the default `events` output could not keep up with
+    /// a busy host's churn and lost events. Columns as [`TEXT_HEADER`] lays them out.
     fn write_text(&mut self, ev: &Event, outcome: &Outcome) -> io::Result<()> {
         if !self.header_done {
             self.header_done = true;
-            writeln!(
-                self.out,
-                "{:<15} {:<16} {:>7} {:<15} {:<28} {:<28} {:>10}  EVENT",
-                "TIME(UTC)", "SKADDR", "PID", "COMM", "LOCAL", "REMOTE", "MS"
-            )?;
+            self.out.write_all(TEXT_HEADER.as_bytes())?;
         }
-        let time = self.clock.rfc3339(ev.ts_ns);
+        let mut b = std::mem::take(&mut self.line);
+        b.clear();
         // HH:MM:SS.micro out of the RFC 3339 text.
-        let hms = time.get(11..26).unwrap_or(&time);
-        let ms = match outcome.dwell_ns {
-            Some(ns) => format!("{:.3}", ns as f64 / 1e6),
-            None => String::new(),
-        };
-        writeln!(
-            self.out,
-            "{:<15} {:<16x} {:>7} {:<15} {:<28} {:<28} {:>10}  {}",
-            hms,
-            ev.skaddr,
-            ev.pid,
-            ev.comm.as_str(),
-            ev.local.to_string(),
-            ev.remote.to_string(),
-            ms,
-            describe(&ev.kind)
-        )
+        self.times.write(&self.clock, ev.ts_ns, &mut b);
+        b.drain(..11.min(b.len()));
+        b.truncate(15);
+        pad(&mut b, 0, 15);
+        b.push(b' ');
+        let col = b.len();
+        hex(&mut b, ev.skaddr);
+        pad(&mut b, col, 16);
+        b.push(b' ');
+        let mut n = itoa::Buffer::new();
+        right(&mut b, n.format(ev.pid).as_bytes(), 7);
+        b.push(b' ');
+        let col = b.len();
+        match ev.comm.as_plain_json() {
+            Some(c) => b.extend_from_slice(c.as_bytes()),
+            // (Padding counts characters, as `format!` does.)
+            None => write!(b, "{:<15}", ev.comm.as_str())?,
+        }
+        pad(&mut b, col, 15);
+        b.push(b' ');
+        for a in [ev.local, ev.remote] {
+            let col = b.len();
+            socket_addr(&mut b, a);
+            pad(&mut b, col, 28);
+            b.push(b' ');
+        }
+        match outcome.dwell_ns {
+            Some(ns) => {
+                let mut ms = [0u8; 32];
+                let len = millis(&mut ms, ns);
+                right(&mut b, &ms[..len], 10);
+            }
+            None => b.extend_from_slice(&[b' '; 10]),
+        }
+        b.extend_from_slice(b"  ");
+        match ev.kind {
+            EventKind::State { old, new } => {
+                b.extend_from_slice(old.name().as_bytes());
+                b.extend_from_slice(b" -> ");
+                b.extend_from_slice(new.name().as_bytes());
+            }
+            _ => b.extend_from_slice(describe(&ev.kind).as_bytes()),
+        }
+        b.push(b'\n');
+        let r = self.out.write_all(&b);
+        self.line = b;
+        r
     }
 
     /// The hot path of `events --json`: written by hand into one reused buffer (serde's
@@ -270,7 +374,7 @@ impl<W: Write> EventsSink<W> {
         b.extend_from_slice(b",\"tid\":");
         b.extend_from_slice(n.format(ev.tid).as_bytes());
         b.extend_from_slice(b",\"comm\":");
-        json_str(&mut b, &ev.comm.as_str())?;
+        json_comm(&mut b, &ev.comm)?;
         b.extend_from_slice(b",\"netns\":");
         b.extend_from_slice(n.format(ev.netns).as_bytes());
         b.extend_from_slice(if ev.is_ipv6() {
@@ -308,7 +412,7 @@ impl<W: Write> EventsSink<W> {
             Some(o) => {
                 b.extend_from_slice(n.format(o.pid).as_bytes());
                 b.extend_from_slice(b",\"owner_comm\":");
-                json_str(&mut b, &o.comm.as_str())?;
+                json_comm(&mut b, &o.comm)?;
             }
             None => b.extend_from_slice(b"null,\"owner_comm\":null"),
         }
@@ -364,6 +468,24 @@ mod tests {
             let mut b = Vec::new();
             ip(&mut b, a);
             assert_eq!(String::from_utf8(b).unwrap(), a.to_string());
+        }
+        // Process names: the unescaped fast path and the escaping one write what serde does.
+        for name in [
+            &b"curl"[..],
+            b"kworker/u8:2",
+            b"a\"quote",
+            b"back\\slash",
+            b"tab\there",
+            b"caf\xc3\xa9",
+            b"bad\xff",
+            b"",
+            b"exactly15chars_",
+        ] {
+            let c = Comm::from_bytes(name);
+            let mut b = Vec::new();
+            json_comm(&mut b, &c).unwrap();
+            let want = serde_json::to_string(&c.as_str()).unwrap();
+            assert_eq!(String::from_utf8(b).unwrap(), want, "{name:?}");
         }
     }
 
@@ -422,6 +544,93 @@ mod tests {
             "recv_q",
         ] {
             assert!(keys.contains(&k.to_string()), "missing {k}");
+        }
+    }
+
+    /// The text line as `format!` lays it out: what the hand-written path must match.
+    fn reference_text(e: &Event, o: &Outcome) -> String {
+        let time = WallClock::with_offset(0).rfc3339(e.ts_ns);
+        let ms = o
+            .dwell_ns
+            .map_or(String::new(), |ns| format!("{:.3}", ns as f64 / 1e6));
+        format!(
+            "{:<15} {:<16x} {:>7} {:<15} {:<28} {:<28} {:>10}  {}\n",
+            &time[11..26],
+            e.skaddr,
+            e.pid,
+            e.comm.as_str(),
+            e.local.to_string(),
+            e.remote.to_string(),
+            ms,
+            describe(&e.kind)
+        )
+    }
+
+    #[test]
+    fn text_lines_are_laid_out_as_format_would() {
+        let header = format!(
+            "{:<15} {:<16} {:>7} {:<15} {:<28} {:<28} {:>10}  EVENT\n",
+            "TIME(UTC)", "SKADDR", "PID", "COMM", "LOCAL", "REMOTE", "MS"
+        );
+        assert_eq!(TEXT_HEADER, header);
+        let kinds = [
+            EventKind::State {
+                old: TcpState::SynSent,
+                new: TcpState::Established,
+            },
+            EventKind::Retransmit { state: None },
+            EventKind::ResetSent {
+                state: Some(TcpState::Established),
+                reason: 1,
+            },
+            EventKind::PassiveRtt { rtt_us: 17 },
+        ];
+        let addrs = [
+            ("127.0.0.1:4000", "10.200.0.255:80"),
+            (
+                "[::1]:4000",
+                "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535",
+            ),
+            ("[fe80::1%3]:1", "[::ffff:10.0.0.1]:0"),
+        ];
+        let comms = [
+            &b"curl"[..],
+            b"exactly15chars_",
+            b"caf\xc3\xa9 \xe2\x98\x95",
+            b"",
+        ];
+        let dwells = [
+            None,
+            Some(0),
+            Some(499),
+            Some(1500),
+            Some(4500),
+            Some(123_456_789),
+            Some(2_000_000_000_000_000),
+        ];
+        let mut n = 0u64;
+        for kind in kinds {
+            for (l, r) in addrs {
+                for comm in comms {
+                    for dwell_ns in dwells {
+                        n += 1;
+                        let mut e = ev(kind);
+                        e.ts_ns = n * 1_234_567_891;
+                        e.skaddr = n.wrapping_mul(0xffff_8881_00d7_e5c0);
+                        e.pid = (n * 7919) as u32;
+                        e.comm = Comm::from_bytes(comm);
+                        e.local = l.parse().unwrap();
+                        e.remote = r.parse().unwrap();
+                        let o = Outcome {
+                            dwell_ns,
+                            ..Outcome::default()
+                        };
+                        let got = render(Format::Text, &e, &o);
+                        let want = reference_text(&e, &o);
+                        assert_eq!(got.strip_prefix(&header), Some(want.as_str()));
+                    }
+                }
+            }
         }
     }
 

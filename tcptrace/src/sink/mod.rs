@@ -65,17 +65,18 @@ pub struct Rfc3339Cache {
 
 impl Rfc3339Cache {
     pub fn write(&mut self, clock: &WallClock, mono_ns: u64, out: &mut Vec<u8>) {
-        let t = clock.to_system_time(mono_ns);
-        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
+        // Integer arithmetic per event; the calendar only once per second.
+        let ns = (mono_ns as i128 + clock.offset_ns).clamp(0, u64::MAX as i128) as u64;
+        let secs = ns / 1_000_000_000;
         if self.second != Some(secs) {
             // `YYYY-MM-DDTHH:MM:SSZ`: keep all but the `Z`.
+            let t = UNIX_EPOCH + std::time::Duration::from_secs(secs);
             let full = humantime::format_rfc3339_seconds(t).to_string();
             self.prefix = full.trim_end_matches('Z').to_string();
             self.second = Some(secs);
         }
         out.extend_from_slice(self.prefix.as_bytes());
-        let micros = since.subsec_micros();
+        let micros = (ns % 1_000_000_000 / 1000) as u32;
         let mut digits = [b'0'; 6];
         let mut m = micros;
         for d in digits.iter_mut().rev() {
