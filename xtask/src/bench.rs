@@ -246,6 +246,7 @@ enum Config {
     WatchSrtt,
     WatchStream,
     EventsJson,
+    EventsJsonCompare,
     Bpftrace,
 }
 
@@ -259,6 +260,7 @@ impl Config {
             Config::WatchSrtt => "watch-srtt",
             Config::WatchStream => "watch-stream",
             Config::EventsJson => "events-json",
+            Config::EventsJsonCompare => "events-json-compare",
             Config::Bpftrace => "bpftrace",
         }
     }
@@ -271,6 +273,7 @@ impl Config {
             Config::WatchSrtt => "tcptrace watch --passive-method srtt (no sock_ops)",
             Config::WatchStream => "tcptrace watch --aggregate user",
             Config::EventsJson => "tcptrace events --json > /dev/null",
+            Config::EventsJsonCompare => "--compare binary: events --json > /dev/null",
             Config::Bpftrace => "bpftrace, in-kernel dwell histograms by socket",
         }
     }
@@ -306,6 +309,11 @@ fn start_tracer(cfg: Config, tracer: &Path, compare: Option<&Path>) -> Result<Op
         }
         Config::EventsJson => {
             let mut c = Command::new(tracer);
+            c.args(["events", "--json"]);
+            c
+        }
+        Config::EventsJsonCompare => {
+            let mut c = Command::new(compare.context("no --compare binary")?);
             c.args(["events", "--json"]);
             c
         }
@@ -526,6 +534,9 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         configs.push(Config::WatchCompare);
     }
     configs.extend([Config::WatchSrtt, Config::WatchStream, Config::EventsJson]);
+    if o.compare.is_some() {
+        configs.push(Config::EventsJsonCompare);
+    }
     let have_bpftrace = Command::new("bpftrace")
         .arg("--version")
         .stdout(Stdio::null())
@@ -669,6 +680,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
             Config::WatchCompare,
             Config::WatchSrtt,
             Config::EventsJson,
+            Config::EventsJsonCompare,
         ]
         .into_iter()
         .filter(|c| configs.contains(c))

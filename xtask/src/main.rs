@@ -100,15 +100,16 @@ enum Cmd {
         aggregator_only: bool,
         /// Overhead runs of only these configurations (and the no-tracer baseline; the
         /// aggregator benchmark is skipped): none, watch, watch-srtt, watch-stream, events-json,
-        /// bpftrace
+        /// bpftrace, and with --compare watch-compare, events-json-compare
         #[arg(long, value_name = "CONFIG", value_delimiter = ',')]
         only: Vec<String>,
         /// Also report each BPF program's runs per connection and ns per run
         /// (kernel.bpf_stats_enabled is on for the run, which slows every program a little)
         #[arg(long)]
         bpf_stats: bool,
-        /// Another tcptrace binary (e.g. built from the previous commit) whose `watch` runs in
-        /// the same rounds ("watch-compare" for --only)
+        /// Another tcptrace binary (e.g. built from the previous commit) whose `watch` and
+        /// `events --json` run in the same rounds ("watch-compare", "events-json-compare" for
+        /// --only)
         #[arg(long, value_name = "PATH")]
         compare: Option<PathBuf>,
         /// Instead of the overhead runs: the soak, `tcptrace watch` under a steady churn at
