@@ -32,8 +32,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
-            bpf_get_current_comm as bpf_get_current_comm_into, bpf_probe_read_kernel,
-            bpf_skc_to_tcp_sock,
+            bpf_get_current_comm as bpf_get_current_comm_into, bpf_get_smp_processor_id,
+            bpf_probe_read_kernel, bpf_skc_to_tcp_sock,
         },
     },
     macros::{btf_tracepoint, map, sock_ops, tracepoint},
@@ -56,9 +56,24 @@ static OFFSETS: Offsets = Offsets::ZERO;
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config::ZERO;
 
-/// The one event stream to userspace. Its size is set by the loader (`--ring-size`).
+/// The event streams to userspace, one per CPU (`CONFIG.rings` of them in use; userspace merges
+/// them by time). Sizes are set by the loader (`--ring-size`, split among the rings).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+static EVENTS0: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+#[map]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+#[map]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+#[map]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+#[map]
+static EVENTS4: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+#[map]
+static EVENTS5: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+#[map]
+static EVENTS6: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+#[map]
+static EVENTS7: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 /// Per-CPU counters indexed by `tcptrace_common::counter`.
 #[map]
@@ -108,6 +123,22 @@ macro_rules! global {
     ($($path:tt)+) => {
         unsafe { core::ptr::read_volatile(&raw const $($path)+) }
     };
+}
+
+/// This CPU's ring buffer.
+#[inline(always)]
+fn ring() -> &'static RingBuf {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    match cpu & (global!(CONFIG.rings).wrapping_sub(1) & (tcptrace_common::MAX_RINGS - 1)) {
+        0 => &EVENTS0,
+        1 => &EVENTS1,
+        2 => &EVENTS2,
+        3 => &EVENTS3,
+        4 => &EVENTS4,
+        5 => &EVENTS5,
+        6 => &EVENTS6,
+        _ => &EVENTS7,
+    }
 }
 
 #[inline(always)]
@@ -247,7 +278,8 @@ fn sock_netns(sk: u64) -> u32 {
 /// Reserves a slot, fills the fields every event shares, lets `fill` add the rest, submits.
 #[inline(always)]
 fn emit<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, sk: u64, fill: impl FnOnce(&mut RawEvent)) {
-    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+    let events = ring();
+    let Some(mut entry) = events.reserve::<RawEvent>(0) else {
         bump(counter::LOST);
         if let Some(flag) = COUNTERS.get_ptr_mut(counter::GAP_PENDING) {
             unsafe { *flag = 1 };
@@ -294,7 +326,7 @@ fn emit<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, sk: u64, fill: impl FnOnce(
     if global!(CONFIG.debug) != 0 {
         debug!(ctx, "tcptrace: kind {} sk {:x}", kind, sk);
     }
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= global!(CONFIG.wakeup_bytes) {
+    let flags = if events.query(BPF_RB_AVAIL_DATA as u64) >= global!(CONFIG.wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -130,8 +130,9 @@ pub struct CommonArgs {
     #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration, global = true)]
     pub duration: Option<Duration>,
 
-    /// Kernel ring buffer size (power of two: 4K .. 1G; suffixes K, M, G). Raise it if events
-    /// are reported lost.
+    /// Kernel ring buffer memory in all (power of two: 4K .. 1G; suffixes K, M, G), split evenly
+    /// among the per-CPU rings (one per CPU up to 8, shared beyond). Raise it if events are
+    /// reported lost.
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_size, global = true)]
     pub ring_size: u32,
 

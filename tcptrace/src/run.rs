@@ -98,7 +98,7 @@ pub async fn run_live(
         }
         batch.clear();
         bad.clear();
-        src.drain(&mut batch, &mut bad);
+        src.drain(&mut batch, &mut bad, stopping);
         stats.received += batch.len() as u64;
         stats.undecodable += bad.len() as u64;
         if let Some(first) = bad.first() {

@@ -8,6 +8,7 @@
 mod aggregates;
 pub mod btf;
 mod offsets;
+mod rings;
 pub mod tracefs;
 
 use std::{
@@ -118,7 +119,7 @@ fn cgroup2_in_mounts(mounts: &str) -> Option<std::path::PathBuf> {
 /// Loaded and attached programs plus the reader's end of the ring buffer.
 /// Dropping it detaches every program.
 pub struct KernelSource {
-    ring: AsyncFd<RingBuf<MapData>>,
+    rings: rings::Rings,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     tick: tokio::time::Interval,
@@ -228,14 +229,23 @@ impl KernelSource {
                 opts.ring_bytes
             );
         }
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| anyhow!("reading the possible CPUs from {path}: {e}"))?;
+        let (rings, ring_bytes) = rings::ring_sizes(cpus as u32, opts.ring_bytes);
         let mut config = Config {
-            // Wake the reader when a quarter of the ring is waiting; the drain timer handles
+            // Wake the reader when a quarter of a ring is waiting; the drain timer handles
             // the rest. See the kernel crate for why.
-            wakeup_bytes: u64::from(opts.ring_bytes / 4),
+            wakeup_bytes: u64::from(ring_bytes / 4),
             debug: u32::from(opts.debug_bpf),
+            rings,
             ..Config::ZERO
         };
         let mut loader = EbpfLoader::new();
+        for (i, name) in rings::NAMES.iter().enumerate() {
+            // Rings no CPU writes to keep one page.
+            let bytes = if (i as u32) < rings { ring_bytes } else { 4096 };
+            loader.map_max_entries(name, bytes);
+        }
         if let Some(a) = &opts.aggregate {
             if a.ports.len() > MAX_KERNEL_PORTS {
                 bail!(
@@ -271,7 +281,6 @@ impl KernelSource {
         let mut ebpf = loader
             .override_global("OFFSETS", &layout, true)
             .override_global("CONFIG", &config, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(&e))?;
 
@@ -324,7 +333,9 @@ impl KernelSource {
             match r {
                 Ok(()) => attached.push("state_stream"),
                 Err(e) if opts.state_hook == StateHook::Btf => {
-                    return Err(e.context("--state-hook btf"));
+                    return Err(anyhow!(
+                        "{e:#} (--state-hook btf; --state-hook tracepoint streams through the classic tracepoint)"
+                    ));
                 }
                 Err(e) => {
                     state_note = Some(first_line(&format!("{e:#}")));
@@ -372,10 +383,15 @@ impl KernelSource {
             None
         };
 
-        let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or_else(|| anyhow!("kernel object has no EVENTS map (build problem)"))?,
-        )?;
+        let rings = rings::NAMES[..rings as usize]
+            .iter()
+            .map(|name| {
+                let map = ebpf
+                    .take_map(name)
+                    .ok_or_else(|| anyhow!("kernel object has no {name} map (build problem)"))?;
+                Ok(RingBuf::try_from(map)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map("COUNTERS")
                 .ok_or_else(|| anyhow!("kernel object has no COUNTERS map (build problem)"))?,
@@ -388,15 +404,7 @@ impl KernelSource {
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(KernelSource {
-            // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd lives.
-            ring: unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(
-                |e| {
-                    anyhow!(
-                        "registering the ring buffer with tokio: {}",
-                        e.into_parts().1
-                    )
-                },
-            )?,
+            rings: rings::Rings::new(rings)?,
             counters,
             logger,
             tick,
@@ -414,12 +422,13 @@ impl KernelSource {
     /// Sleeps until there is something to drain: a kernel wake-up or the drain timer.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         let KernelSource {
-            ring, logger, tick, ..
+            rings,
+            logger,
+            tick,
+            ..
         } = self;
         tokio::select! {
-            guard = ring.readable_mut() => {
-                guard.context("waiting on the ring buffer")?.clear_ready();
-            }
+            r = rings.readable() => r?,
             _ = tick.tick() => {}
             Some(guard) = async {
                 match logger.as_mut() {
@@ -435,15 +444,11 @@ impl KernelSource {
         Ok(())
     }
 
-    /// Takes every record waiting in the ring buffer.
-    pub fn drain(&mut self, out: &mut Vec<Event>, bad: &mut Vec<DecodeError>) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            match Event::decode(&item) {
-                Ok(ev) => out.push(ev),
-                Err(e) => bad.push(e),
-            }
-        }
+    /// Takes the records waiting in the ring buffers, merged in time order: all of them when
+    /// `last` (the end of a run), else those no other CPU can still precede (see `rings`).
+    pub fn drain(&mut self, out: &mut Vec<Event>, bad: &mut Vec<DecodeError>, last: bool) {
+        let now = crate::sink::monotonic_now_ns();
+        self.rings.drain(now, last, out, bad);
     }
 
     /// Aggregation mode: whether the kernel measures transitions itself.
