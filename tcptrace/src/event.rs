@@ -251,6 +251,26 @@ fn state(v: u8) -> Result<TcpState, DecodeError> {
     TcpState::from_kernel(v).ok_or(DecodeError::UnknownState(v))
 }
 
+#[cfg(test)]
+impl Event {
+    /// For tests: socket `skaddr` going `old` -> `new` at `ts_ns`, 127.0.0.1:5000 to
+    /// 127.0.0.1:80, pid 1, namespace 1.
+    pub fn test_state(ts_ns: u64, skaddr: u64, old: TcpState, new: TcpState) -> Event {
+        Event {
+            ts_ns,
+            skaddr,
+            pid: 1,
+            tid: 1,
+            comm: Comm::default(),
+            netns: 1,
+            local: "127.0.0.1:5000".parse().unwrap(),
+            remote: "127.0.0.1:80".parse().unwrap(),
+            kind: EventKind::State { old, new },
+            gap: false,
+        }
+    }
+}
+
 impl TryFrom<&RawEvent> for Event {
     type Error = DecodeError;
 

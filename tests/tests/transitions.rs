@@ -4,7 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
-use tcptrace_tests::events::{CLIENT_PATH, SERVER_PATH, is_core, socket_life, state_path, the_one};
+use tcptrace_tests::events::{
+    CLIENT_PATH, FIELDS, SERVER_PATH, is_core, socket_life, state_path, the_one,
+};
 use tcptrace_tests::scenario::{CLIENT_THREAD, SERVER_THREAD, exchange};
 use tcptrace_tests::{EventExt, Netns, Tracer, TracerOutput, describe_all};
 
@@ -248,24 +250,14 @@ fn both_state_hooks_report_the_same_changes() {
             .iter()
             .filter(|e| e.kind() == "state")
             .map(|e| {
-                let f = |k: &str| e.get(k).map_or("-".to_string(), Value::to_string);
-                // (Not ts_ns: each program reads the clock itself.)
-                [
-                    "skaddr",
-                    "pid",
-                    "tid",
-                    "comm",
-                    "netns",
-                    "family",
-                    "laddr",
-                    "lport",
-                    "raddr",
-                    "rport",
-                    "old_state",
-                    "new_state",
-                ]
-                .map(f)
-                .join(" ")
+                // Every field but the clock's (each program reads it itself) and what is
+                // computed from it.
+                FIELDS
+                    .iter()
+                    .filter(|k| !["time", "ts_ns", "dwell_ms"].contains(k))
+                    .map(|k| e.get(*k).map_or("-".to_string(), Value::to_string))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             })
             .collect();
         v.sort();

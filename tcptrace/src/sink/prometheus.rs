@@ -368,18 +368,7 @@ mod tests {
     #[test]
     fn exposition_has_conventional_names_and_buckets() {
         let mut agg = Aggregator::new(AggregatorConfig::default());
-        let ev = |ts, old, new| Event {
-            ts_ns: ts,
-            skaddr: 1,
-            pid: 1,
-            tid: 1,
-            comm: Comm::default(),
-            netns: 1,
-            local: "127.0.0.1:5000".parse().unwrap(),
-            remote: "127.0.0.1:80".parse().unwrap(),
-            kind: EventKind::State { old, new },
-            gap: false,
-        };
+        let ev = |ts, old, new| Event::test_state(ts, 1, old, new);
         agg.apply(&ev(0, TcpState::Close, TcpState::SynSent));
         agg.apply(&ev(2_000_000, TcpState::SynSent, TcpState::Established));
         let snap = MetricsSnapshot::build(

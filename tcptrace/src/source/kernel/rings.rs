@@ -122,24 +122,10 @@ fn merge_until(queues: &mut [VecDeque<Event>], cutoff: u64, out: &mut Vec<Event>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, EventKind, TcpState};
+    use crate::event::TcpState;
 
     fn ev(ts_ns: u64, skaddr: u64) -> Event {
-        Event {
-            ts_ns,
-            skaddr,
-            pid: 1,
-            tid: 1,
-            comm: Comm::default(),
-            netns: 1,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            kind: EventKind::State {
-                old: TcpState::Close,
-                new: TcpState::SynSent,
-            },
-            gap: false,
-        }
+        Event::test_state(ts_ns, skaddr, TcpState::Close, TcpState::SynSent)
     }
 
     #[test]
