@@ -299,10 +299,8 @@ fn emit<C: aya_ebpf::EbpfContext>(ctx: &C, kind: u8, sk: u64, fill: impl FnOnce(
             // aux, saddr, daddr: five aligned words.
             core::ptr::write_volatile(zero.add(i), 0);
         }
-        if bpf_get_current_comm_into((&raw mut (*p).comm).cast::<c_void>(), 16) != 0 {
-            core::ptr::write_volatile((&raw mut (*p).comm).cast::<u64>(), 0);
-            core::ptr::write_volatile((&raw mut (*p).comm).cast::<u64>().add(1), 0);
-        }
+        // (On failure the helper zero-fills the name itself.)
+        bpf_get_current_comm_into((&raw mut (*p).comm).cast::<c_void>(), 16);
         (*p).tgid = (pid_tgid >> 32) as u32;
         (*p).tid = pid_tgid as u32;
         (*p).netns = 0;

@@ -661,7 +661,6 @@ pub fn reset_meaning(state: &str, received: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Comm;
 
     const S: u64 = 1_000_000_000;
 
@@ -788,19 +787,12 @@ mod tests {
         });
         h.on_snapshot(&snap(0, vec![], 0));
         h.on_event(&Event {
-            ts_ns: 2 * S,
-            skaddr: 1,
             pid: 0,
             tid: 0,
-            comm: Comm::default(),
             netns: 7,
             local: "10.0.0.1:80".parse().unwrap(),
             remote: "10.0.0.2:5000".parse().unwrap(),
-            kind: EventKind::State {
-                old: TcpState::Established,
-                new: TcpState::CloseWait,
-            },
-            gap: false,
+            ..Event::test_state(2 * S, 1, TcpState::Established, TcpState::CloseWait)
         });
         let cw = sock(
             TcpState::CloseWait,
