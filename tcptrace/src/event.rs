@@ -148,15 +148,14 @@ impl Comm {
         String::from_utf8_lossy(&self.0[..end])
     }
 
-    /// The name when it can go into JSON as is (printable ASCII, no `"` or `\\`), as nearly
-    /// every process name can: the fast path of `events --json`.
-    pub fn as_plain_json(&self) -> Option<&str> {
+    /// The name's bytes when they can go into JSON as they are (printable ASCII, so UTF-8 too;
+    /// no `"` or `\\`), as nearly every process name can: the fast path of `events`.
+    pub fn as_plain_json(&self) -> Option<&[u8]> {
         let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         let b = &self.0[..end];
         b.iter()
             .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
-            .then(|| std::str::from_utf8(b).ok())
-            .flatten()
+            .then_some(b)
     }
 
     /// The first 15 bytes of `b` (the kernel's TASK_COMM_LEN, NUL included).

@@ -81,7 +81,7 @@ pub async fn run_live(
     let stop = signals.wait(duration);
     tokio::pin!(stop);
     let mut stats = RunStats::default();
-    let mut batch = Vec::with_capacity(1 << 14);
+    let mut batch = Vec::with_capacity(crate::source::kernel::CHUNK);
     let mut bad: Vec<DecodeError> = Vec::new();
     let mut last_tick = Instant::now();
     let mut warned_lost = 0;
@@ -96,10 +96,36 @@ pub async fn run_live(
                 r = src.wait() => r?,
             }
         }
-        batch.clear();
+        // Runs the kernel skipped (recursion guard) leave no mark on the events: they are
+        // checked at every drain and flagged before its first chunk. Ring-buffer drops are
+        // marked on the next event the CPU writes (its gap bit), right where they happened.
+        src.start_drain(stopping);
+        stats.kernel = src.counters();
+        let lost_now = stats.kernel.total_lost();
+        let mut gap = stats.kernel.missed.saturating_sub(seen_missed);
+        seen_missed = stats.kernel.missed;
+        let tick_due = last_tick.elapsed() >= tick_every || stopping;
+        let mut flow;
         bad.clear();
-        src.drain(&mut batch, &mut bad, stopping);
-        stats.received += batch.len() as u64;
+        loop {
+            batch.clear();
+            let more = src.drain(&mut batch, &mut bad);
+            stats.received += batch.len() as u64;
+            // Folded with the drain's last chunk, before the tick, so the view shows the latest
+            // second; and after the drain, so the retransmits streamed meanwhile are in too.
+            let folded =
+                if !more && src.aggregating() && (last_fold.elapsed() >= FOLD_INTERVAL || tick_due)
+                {
+                    last_fold = Instant::now();
+                    src.fold()?
+                } else {
+                    None
+                };
+            flow = consume(&batch, std::mem::take(&mut gap), folded.as_ref())?;
+            if !more || matches!(flow, Flow::Stop) {
+                break;
+            }
+        }
         stats.undecodable += bad.len() as u64;
         if let Some(first) = bad.first() {
             eprintln!(
@@ -107,23 +133,6 @@ pub async fn run_live(
                 bad.len()
             );
         }
-        // Ring-buffer drops are marked on the next event the CPU writes (its gap bit), right
-        // where they happened. Runs the kernel skipped (recursion guard) leave no mark: they
-        // are checked at every drain instead.
-        stats.kernel = src.counters();
-        let lost_now = stats.kernel.total_lost();
-        let gap = stats.kernel.missed.saturating_sub(seen_missed);
-        seen_missed = stats.kernel.missed;
-        // Folded before the tick, so the view shows the latest second; and after this drain,
-        // so the retransmits streamed meanwhile are in too.
-        let tick_due = last_tick.elapsed() >= tick_every || stopping;
-        let folded = if src.aggregating() && (last_fold.elapsed() >= FOLD_INTERVAL || tick_due) {
-            last_fold = Instant::now();
-            src.fold()?
-        } else {
-            None
-        };
-        let flow = consume(&batch, gap, folded.as_ref())?;
         if tick_due {
             last_tick = Instant::now();
             stats.elapsed = started.elapsed();

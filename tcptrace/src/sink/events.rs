@@ -21,10 +21,15 @@ pub struct EventsSink<W: Write> {
     format: Format,
     clock: WallClock,
     header_done: bool,
-    /// Reused for every JSON line.
-    line: Vec<u8>,
+    /// Lines not handed to `out` yet, written in place and handed over [`SPILL`] bytes at a
+    /// time: a line built apart and then copied into a `BufWriter` cost a copy per event.
+    buf: Vec<u8>,
     times: Rfc3339Cache,
 }
+
+/// Bytes of lines `EventsSink` gathers before writing them out (more than `out`'s own buffer,
+/// so a `BufWriter` passes them straight through).
+const SPILL: usize = 1 << 16;
 
 /// One JSON line. Field names are a stable interface: add, never rename.
 #[derive(Serialize)]
@@ -114,6 +119,27 @@ fn millis(out: &mut [u8; 32], ns: u64) -> usize {
     32 - w.len()
 }
 
+/// Nanoseconds as a JSON number of milliseconds, in integer arithmetic: the exact decimal
+/// (at most six decimals, at least one), which a reader parses to the same double as
+/// `ns as f64 / 1e6` (both are the double nearest the exact quotient, while `ns` is exact in a
+/// double: below 2^53, 104 days); serde's shortest float form cost more than any other field.
+fn json_millis(b: &mut Vec<u8>, ns: u64) {
+    if ns >= 1 << 53 {
+        let _ = serde_json::to_writer(b, &(ns as f64 / 1e6));
+        return;
+    }
+    b.extend_from_slice(itoa::Buffer::new().format(ns / 1_000_000).as_bytes());
+    b.push(b'.');
+    let mut digits = [b'0'; 6];
+    let mut f = ns % 1_000_000;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (f % 10) as u8;
+        f /= 10;
+    }
+    let len = digits.iter().rposition(|&d| d != b'0').map_or(1, |i| i + 1);
+    b.extend_from_slice(&digits[..len]);
+}
+
 /// A number below 1000 in decimal, no leading zeros.
 fn small_decimal(b: &mut Vec<u8>, n: u8) {
     if n >= 100 {
@@ -142,19 +168,18 @@ fn ip(b: &mut Vec<u8>, a: std::net::IpAddr) {
     }
 }
 
-/// A JSON string, escaped.
-fn json_str(b: &mut Vec<u8>, s: &str) -> io::Result<()> {
-    serde_json::to_writer(b, s).map_err(io::Error::other)
+/// A JSON string, escaped. (Serializing a string into memory cannot fail.)
+fn json_str(b: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(b, s);
 }
 
 /// A process name as a JSON string.
-fn json_comm(b: &mut Vec<u8>, c: &Comm) -> io::Result<()> {
+fn json_comm(b: &mut Vec<u8>, c: &Comm) {
     match c.as_plain_json() {
         Some(s) => {
             b.push(b'"');
-            b.extend_from_slice(s.as_bytes());
+            b.extend_from_slice(s);
             b.push(b'"');
-            Ok(())
         }
         None => json_str(b, &c.as_str()),
     }
@@ -204,7 +229,7 @@ impl<W: Write> EventsSink<W> {
             format,
             clock,
             header_done: false,
-            line: Vec::with_capacity(512),
+            buf: Vec::with_capacity(SPILL + 1024),
             times: Rfc3339Cache::default(),
         }
     }
@@ -218,6 +243,7 @@ impl<W: Write> EventsSink<W> {
 
     /// A socket that has just been in CLOSE_WAIT longer than the threshold.
     pub fn write_leak(&mut self, ts_ns: u64, l: &Leak) -> io::Result<()> {
+        self.spill()?;
         let time = self.clock.rfc3339(ts_ns);
         match self.format {
             Format::Json => {
@@ -274,24 +300,41 @@ impl<W: Write> EventsSink<W> {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.spill()?;
         self.out.flush()
+    }
+
+    /// Hands the gathered lines to `out`.
+    fn spill(&mut self) -> io::Result<()> {
+        let r = self.out.write_all(&self.buf);
+        self.buf.clear();
+        r
+    }
+
+    /// Keeps `b` as the gathered lines, handing them over once there are enough.
+    fn keep(&mut self, b: Vec<u8>) -> io::Result<()> {
+        self.buf = b;
+        if self.buf.len() >= SPILL {
+            self.spill()?;
+        }
+        Ok(())
     }
 
     /// One text line, written by hand into the reused buffer like the JSON ones: through
     /// `format!` (an allocation per column) the default `events` output could not keep up with
     /// a busy host's churn and lost events. Columns as [`TEXT_HEADER`] lays them out.
     fn write_text(&mut self, ev: &Event, outcome: &Outcome) -> io::Result<()> {
+        let mut b = std::mem::take(&mut self.buf);
         if !self.header_done {
             self.header_done = true;
-            self.out.write_all(TEXT_HEADER.as_bytes())?;
+            b.extend_from_slice(TEXT_HEADER.as_bytes());
         }
-        let mut b = std::mem::take(&mut self.line);
-        b.clear();
+        let start = b.len();
         // HH:MM:SS.micro out of the RFC 3339 text.
         self.times.write(&self.clock, ev.ts_ns, &mut b);
-        b.drain(..11.min(b.len()));
-        b.truncate(15);
-        pad(&mut b, 0, 15);
+        b.drain(start..(start + 11).min(b.len()));
+        b.truncate(start + 15);
+        pad(&mut b, start, 15);
         b.push(b' ');
         let col = b.len();
         hex(&mut b, ev.skaddr);
@@ -302,9 +345,11 @@ impl<W: Write> EventsSink<W> {
         b.push(b' ');
         let col = b.len();
         match ev.comm.as_plain_json() {
-            Some(c) => b.extend_from_slice(c.as_bytes()),
+            Some(c) => b.extend_from_slice(c),
             // (Padding counts characters, as `format!` does.)
-            None => write!(b, "{:<15}", ev.comm.as_str())?,
+            None => {
+                let _ = write!(b, "{:<15}", ev.comm.as_str());
+            }
         }
         pad(&mut b, col, 15);
         b.push(b' ');
@@ -332,9 +377,7 @@ impl<W: Write> EventsSink<W> {
             _ => b.extend_from_slice(describe(&ev.kind).as_bytes()),
         }
         b.push(b'\n');
-        let r = self.out.write_all(&b);
-        self.line = b;
-        r
+        self.keep(b)
     }
 
     /// The hot path of `events --json`: written by hand into one reused buffer (serde's
@@ -358,8 +401,7 @@ impl<W: Write> EventsSink<W> {
                 (None, None, Some("SYN_RECV"), None)
             }
         };
-        let mut b = std::mem::take(&mut self.line);
-        b.clear();
+        let mut b = std::mem::take(&mut self.buf);
         let mut n = itoa::Buffer::new();
         b.extend_from_slice(b"{\"time\":\"");
         self.times.write(&self.clock, ev.ts_ns, &mut b);
@@ -374,7 +416,7 @@ impl<W: Write> EventsSink<W> {
         b.extend_from_slice(b",\"tid\":");
         b.extend_from_slice(n.format(ev.tid).as_bytes());
         b.extend_from_slice(b",\"comm\":");
-        json_comm(&mut b, &ev.comm)?;
+        json_comm(&mut b, &ev.comm);
         b.extend_from_slice(b",\"netns\":");
         b.extend_from_slice(n.format(ev.netns).as_bytes());
         b.extend_from_slice(if ev.is_ipv6() {
@@ -399,12 +441,12 @@ impl<W: Write> EventsSink<W> {
         }
         b.extend_from_slice(b",\"dwell_ms\":");
         match outcome.dwell_ns {
-            Some(ns) => serde_json::to_writer(&mut b, &(ns as f64 / 1e6))?,
+            Some(ns) => json_millis(&mut b, ns),
             None => b.extend_from_slice(b"null"),
         }
         b.extend_from_slice(b",\"reason\":");
         match &reason {
-            Some(r) => json_str(&mut b, r)?,
+            Some(r) => json_str(&mut b, r),
             None => b.extend_from_slice(b"null"),
         }
         b.extend_from_slice(b",\"owner_pid\":");
@@ -412,14 +454,12 @@ impl<W: Write> EventsSink<W> {
             Some(o) => {
                 b.extend_from_slice(n.format(o.pid).as_bytes());
                 b.extend_from_slice(b",\"owner_comm\":");
-                json_comm(&mut b, &o.comm)?;
+                json_comm(&mut b, &o.comm);
             }
             None => b.extend_from_slice(b"null,\"owner_comm\":null"),
         }
         b.extend_from_slice(b",\"age_s\":null,\"age_is_lower_bound\":null,\"recv_q\":null}\n");
-        let r = self.out.write_all(&b);
-        self.line = b;
-        r
+        self.keep(b)
     }
 }
 
@@ -446,7 +486,91 @@ mod tests {
     fn render(format: Format, e: &Event, o: &Outcome) -> String {
         let mut s = EventsSink::new(Vec::new(), format, WallClock::with_offset(0));
         s.write(e, o).unwrap();
+        s.flush().unwrap();
         String::from_utf8(s.out).unwrap()
+    }
+
+    #[test]
+    fn gathered_lines_come_out_whole_and_in_order() {
+        // Enough lines to be handed over several times, a leak line among them (written
+        // straight to the output), then the rest at the flush.
+        for format in [Format::Json, Format::Text] {
+            let mut s = EventsSink::new(Vec::new(), format, WallClock::with_offset(0));
+            let one = |i: u64, s: &mut EventsSink<Vec<u8>>| {
+                let mut e = ev(EventKind::State {
+                    old: TcpState::Established,
+                    new: TcpState::CloseWait,
+                });
+                e.ts_ns = i;
+                s.write(&e, &Outcome::default()).unwrap();
+            };
+            for i in 0..1000 {
+                one(i, &mut s);
+            }
+            // Some handed over already, some still gathered.
+            assert!(!s.out.is_empty() && !s.buf.is_empty());
+            let leak = Leak {
+                pid: Some(9),
+                comm: Some("app".into()),
+                cgroup: None,
+                netns: 1,
+                laddr: "127.0.0.1".into(),
+                lport: 80,
+                raddr: "127.0.0.1".into(),
+                rport: 4000,
+                age_s: 61.0,
+                age_is_lower_bound: false,
+                recv_q: 0,
+                inode: 0,
+            };
+            s.write_leak(0, &leak).unwrap();
+            for i in 1000..1200 {
+                one(i, &mut s);
+            }
+            s.flush().unwrap();
+            let text = String::from_utf8(s.out).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            let header = usize::from(format == Format::Text);
+            assert_eq!(lines.len(), header + 1201);
+            let leak_at = lines
+                .iter()
+                .position(|l| l.contains("LEAK") || l.contains("\"leak\""));
+            assert_eq!(leak_at, Some(header + 1000), "{format:?}");
+            if format == Format::Json {
+                for (i, l) in lines.iter().filter(|l| !l.contains("leak")).enumerate() {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    assert_eq!(v["ts_ns"], i as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_millis_parse_to_the_float_division() {
+        let mut values = vec![0u64, 1, 9, 10, 999_999, 1_000_000, 1_000_001, 1_500_000];
+        values.extend([123_456_789, 60_000_000_000, (1 << 53) - 1, u64::MAX]);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            // xorshift: values of every magnitude.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(x >> (x % 64));
+        }
+        for ns in values {
+            let mut b = Vec::new();
+            json_millis(&mut b, ns);
+            let text = std::str::from_utf8(&b).unwrap();
+            // (str::parse rounds correctly; serde_json without float_roundtrip may not.)
+            let parsed: f64 = text.parse().unwrap();
+            assert_eq!(parsed, ns as f64 / 1e6, "{ns} -> {text}");
+            if ns < 1 << 53 {
+                assert!(!text.ends_with('0') || text.ends_with(".0"), "{text}");
+            }
+        }
+        let mut b = Vec::new();
+        json_millis(&mut b, 1_250_000);
+        assert_eq!(b, b"1.25");
     }
 
     #[test]
@@ -469,6 +593,12 @@ mod tests {
             ip(&mut b, a);
             assert_eq!(String::from_utf8(b).unwrap(), a.to_string());
         }
+        for o in 0..=255u8 {
+            let a = std::net::IpAddr::from([o, 255 - o, o / 3, 100]);
+            let mut b = Vec::new();
+            ip(&mut b, a);
+            assert_eq!(String::from_utf8(b).unwrap(), a.to_string());
+        }
         // Process names: the unescaped fast path and the escaping one write what serde does.
         for name in [
             &b"curl"[..],
@@ -483,7 +613,7 @@ mod tests {
         ] {
             let c = Comm::from_bytes(name);
             let mut b = Vec::new();
-            json_comm(&mut b, &c).unwrap();
+            json_comm(&mut b, &c);
             let want = serde_json::to_string(&c.as_str()).unwrap();
             assert_eq!(String::from_utf8(b).unwrap(), want, "{name:?}");
         }

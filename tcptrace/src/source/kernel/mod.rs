@@ -26,6 +26,7 @@ use tcptrace_common::{Config, MAX_KERNEL_PORTS, agg, counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use offsets::{STATE_PROGRAM, TRACEPOINTS};
+pub use rings::CHUNK;
 
 use crate::{
     aggregate::PassiveMethod,
@@ -444,11 +445,15 @@ impl KernelSource {
         Ok(())
     }
 
-    /// Takes the records waiting in the ring buffers, merged in time order: all of them when
-    /// `last` (the end of a run), else those no other CPU can still precede (see `rings`).
-    pub fn drain(&mut self, out: &mut Vec<Event>, bad: &mut Vec<DecodeError>, last: bool) {
-        let now = crate::sink::monotonic_now_ns();
-        self.rings.drain(now, last, out, bad);
+    /// Starts taking the records waiting in the ring buffers: all of them when `last` (the end
+    /// of a run), else those no other CPU can still precede (see `rings`).
+    pub fn start_drain(&mut self, last: bool) {
+        self.rings.start(crate::sink::monotonic_now_ns(), last);
+    }
+
+    /// The next chunk of the drain, merged in time order; false once the drain is over.
+    pub fn drain(&mut self, out: &mut Vec<Event>, bad: &mut Vec<DecodeError>) -> bool {
+        self.rings.drain(out, bad)
     }
 
     /// Aggregation mode: whether the kernel measures transitions itself.
