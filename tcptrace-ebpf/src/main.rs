@@ -105,6 +105,12 @@ static PORT_INDEX: HashMap<u16, u32> = HashMap::with_max_entries(64, 0);
 #[map]
 static PORT_OWNER: HashMap<u32, u16> = HashMap::with_max_entries(64, 0);
 
+/// Aggregation mode: `PORT_INDEX` in front of itself as an array, four ports per entry (a port's
+/// block plus one, 0 while unknown): a hash lookup per SYN and per handshake cost ~40 ns, an
+/// array entry is a plain load. A port's block never changes once given, so nothing goes stale.
+#[map]
+static PORT_CACHE: Array<[u16; 4]> = Array::with_max_entries(1 << 14, 0);
+
 /// Aggregation mode: SYN arrival times waiting for their accepted socket, in the slot a hash
 /// of the netns cookie and 4-tuple picks (`CONFIG.syns_mask`; size set by the loader).
 #[map]
@@ -482,10 +488,14 @@ pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
     } else {
         return 1;
     };
-    // The context is really a `struct bpf_sock_ops_kern`; reading its `sk` through
-    // probe_read yields a plain address (also for request sockets, which `ctx->sk` hides), so
-    // the namespace can be read like everywhere else.
-    let sk: u64 = read((ops as u64 + global!(OFFSETS.kernel.sock_ops_sk) as u64) as *const u8);
+    let aggregate = global!(CONFIG.aggregate) != 0;
+    // An accepted socket's handshake, measured in the kernel, needs its address only for a
+    // namespace filter (read then).
+    let sk = if aggregate && kind == kind::PASSIVE_ESTABLISHED {
+        0
+    } else {
+        sock_ops_sk(&ctx)
+    };
     let cookie = unsafe { bpf_get_netns_cookie(ops.cast::<c_void>()) };
     let family = ctx.family() as u16;
     // For a SYN, the listener's queues at that moment: what a full accept or SYN queue looks like.
@@ -507,7 +517,7 @@ pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
     } else {
         0
     };
-    if global!(CONFIG.aggregate) != 0 {
+    if aggregate {
         sockops_aggregate(&ctx, kind, sk, cookie, family, queues);
         return 1;
     }
@@ -540,6 +550,14 @@ pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
+/// The socket behind a sock_ops context. The context is really a `struct bpf_sock_ops_kern`;
+/// reading its `sk` through probe_read yields a plain address (also for request sockets, which
+/// `ctx->sk` hides), so the namespace can be read like everywhere else.
+#[inline(always)]
+fn sock_ops_sk(ctx: &SockOpsContext) -> u64 {
+    read((ctx.ops as u64 + global!(OFFSETS.kernel.sock_ops_sk) as u64) as *const u8)
+}
+
 /// Aggregation mode, sock_ops: a SYN's arrival waits in `SYNS` (with the listener's queues added
 /// to the port's histograms); the accepted socket's ESTABLISHED takes it out and times the
 /// handshake.
@@ -570,7 +588,8 @@ fn sockops_aggregate(
         key.remote[0] = ctx.remote_ip4();
     }
     let mapped = family == AF_INET6 && is_v4_mapped(key.remote[0], key.remote[1], key.remote[2]);
-    if !kernel_filter(family, mapped, key.lport, key.rport, || sock_netns(sk)) {
+    let netns = || sock_netns(if sk != 0 { sk } else { sock_ops_sk(ctx) });
+    if !kernel_filter(family, mapped, key.lport, key.rport, netns) {
         return;
     }
     let Some(slot) = SYNS.get_ptr_mut(agg::syn_hash(&key) & global!(CONFIG.syns_mask)) else {
@@ -603,7 +622,7 @@ fn sockops_aggregate(
         e.pblock = pblock;
         return;
     }
-    // PASSIVE_ESTABLISHED_CB: `sk` is the accepted socket.
+    // PASSIVE_ESTABLISHED_CB, on the accepted (full) socket.
     if !ours {
         bump(counter::PASSIVE_UNMATCHED);
         return;
@@ -613,7 +632,10 @@ fn sockops_aggregate(
     let us = now.saturating_sub(syn_ns) / 1000;
     hist_add(agg::PASSIVE, us);
     port_hist_add(e.pblock, agg::PORT_PASSIVE, us);
-    count_retransmits(counter::PASSIVE_RETRANS, sk);
+    // The socket's total_retrans from the context: the SYN-ACK retransmits, copied from the
+    // request socket.
+    let n = unsafe { core::ptr::read_volatile(&raw const (*ops).total_retrans) };
+    bump_retransmits(counter::PASSIVE_RETRANS, n);
 }
 
 /// `::ffff:a.b.c.d`: an IPv4 peer on an IPv6 socket (words in network order).
@@ -719,6 +741,27 @@ fn sock_pblock(s: &mut SockTimes) -> u16 {
 /// instruction set lacks.)
 #[inline(always)]
 fn port_block(port: u16) -> u16 {
+    let cached = PORT_CACHE.get_ptr_mut(u32::from(port) / 4);
+    let lane = usize::from(port % 4);
+    if let Some(c) = cached {
+        let b = unsafe { core::ptr::read_volatile(&raw const (*c)[lane]) };
+        if b != 0 {
+            return b;
+        }
+    }
+    let b = port_block_slow(port);
+    if b != agg::PBLOCK_FULL
+        && let Some(c) = cached
+    {
+        // (A 16-bit store: other CPUs writing the entry's other ports are not disturbed.)
+        unsafe { core::ptr::write_volatile(&raw mut (*c)[lane], b) };
+    }
+    b
+}
+
+/// `port_block` without the cache.
+#[inline(always)]
+fn port_block_slow(port: u16) -> u16 {
     if let Some(b) = unsafe { PORT_INDEX.get(port) } {
         return *b as u16 + 1;
     }
@@ -760,6 +803,12 @@ fn count_retransmits(base: u32, sk: u64) {
     } else {
         0
     };
+    bump_retransmits(base, n);
+}
+
+/// Counts a handshake under its `n` retransmits.
+#[inline(always)]
+fn bump_retransmits(base: u32, n: u32) {
     bump(
         base + if n > counter::RETRANS_CAP {
             counter::RETRANS_CAP

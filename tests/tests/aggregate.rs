@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tcptrace_tests::outputs::{
-    TempDir, assert_between_us, drop_first, hdr_tol_us, hist, int, read_summary,
+    TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int, read_summary,
 };
 use tcptrace_tests::scenario::{
     CLIENT_THREAD, Held, SERVER_THREAD, STEP_TIMEOUT, accept_timeout, held_connection, join, us,
@@ -371,6 +371,7 @@ fn passive_handshake_includes_synack_retransmits() {
     drop_first(&ns, SLOW, "syn|ack|fin|rst|psh", "ack");
     let dir = TempDir::new("passive");
     let sum = dir.arg("summary.json");
+    let ksum = dir.arg("kernel.json");
     let before = Counters::read(&ns);
     let tracer = Tracer::events(&[
         "--netns",
@@ -380,15 +381,28 @@ fn passive_handshake_includes_synack_retransmits() {
         "--passive-method",
         "auto",
     ]);
+    // The same handshakes measured in the kernel (sock_ops times them there too).
+    let kernel = Tracer::start(&[
+        "watch",
+        "--netns",
+        ns.path_str(),
+        "--json-summary",
+        &ksum,
+        "--aggregate",
+        "kernel",
+    ]);
     let (fast, slow) = ns.run(|| {
         let fast = accepted_connection(addr(FAST));
         let slow = accepted_connection(addr(SLOW));
         (fast, slow)
     });
     let out = tracer.stop();
+    let kout = kernel.stop();
     let after = Counters::read(&ns);
     out.assert_clean();
+    assert_clean_watch(&kout);
     let s = read_summary(&dir.file("summary.json"));
+    let k = read_summary(&dir.file("kernel.json"));
     let ctx = format!(
         "summary:\n{s:#}\nfast: {fast:?}\nslow: {slow:?}\nevents:\n{}",
         describe_all(&out.events)
@@ -478,6 +492,26 @@ fn passive_handshake_includes_synack_retransmits() {
         s["handshake"]["active_by_syn_retransmits"],
         json!({ "0": 2 }),
         "handshake.active_by_syn_retransmits; {ctx}"
+    );
+
+    // In the kernel: the same split by SYN-ACK retransmits, and the slow handshake ~1 s long
+    // (a bucket's midpoint, within 1/64).
+    let kctx = format!("kernel-mode summary:\n{k:#}\n{ctx}");
+    for run in [&s, &k] {
+        assert_eq!(
+            run["handshake"]["passive_by_synack_retransmits"],
+            json!({ "0": 1, "1": 1 }),
+            "handshake.passive_by_synack_retransmits; {kctx}"
+        );
+    }
+    let kslow = hist(&k, &format!("/by_port/{SLOW}/handshake_passive"));
+    assert_eq!(
+        kslow.count, 1,
+        "kernel by_port.{SLOW}.handshake_passive; {kctx}"
+    );
+    assert!(
+        kslow.min() as f64 >= RTO_MIN_US as f64 * (1.0 - 1.0 / 64.0),
+        "kernel by_port.{SLOW}.handshake_passive includes the SYN-ACK retransmit; {kctx}"
     );
 }
 

@@ -275,7 +275,14 @@ impl KernelSource {
             loader.map_max_entries("SOCKS", socks);
         } else {
             // Streaming: the aggregation tables are never used; keep them at one slot.
-            for map in ["SYNS", "SOCKS", "PORT_INDEX", "PORT_OWNER", "PORT_ROWS"] {
+            for map in [
+                "SYNS",
+                "SOCKS",
+                "PORT_INDEX",
+                "PORT_OWNER",
+                "PORT_ROWS",
+                "PORT_CACHE",
+            ] {
                 loader.map_max_entries(map, 1);
             }
         }
