@@ -32,6 +32,29 @@ const POLL_ARG: &str = "500ms";
 /// What a CLOSE_WAIT leak's client sends and the server never reads.
 const UNREAD: &[u8] = b"leak!";
 
+/// How a test's tracer shows what it sees.
+#[derive(Clone, Copy)]
+enum View {
+    /// `events --json`.
+    Events,
+    /// `watch`, its live view redrawn every 500 ms.
+    Live,
+}
+
+/// The tracer of these tests: in `ns`, polling every [`POLL`], its JSON summary going to
+/// `dir/summary.json`; then `extra`.
+fn start_tracer(view: View, ns: &Netns, dir: &TempDir, extra: &[&str]) -> Tracer {
+    let sp = dir.arg("summary.json");
+    let mut args = match view {
+        View::Events => vec!["events", "--json"],
+        View::Live => vec!["watch", "--interval", "500ms"],
+    };
+    args.extend(["--netns", ns.path_str(), "--poll-interval", POLL_ARG]);
+    args.extend(["--json-summary", &sp]);
+    args.extend_from_slice(extra);
+    Tracer::start(&args)
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -111,16 +134,8 @@ fn full_accept_queue_drops_match_the_kernel() {
     const CLIENTS: usize = 20;
     let ns = Netns::new();
     let dir = TempDir::new("diag-overflow");
-    let sp = dir.arg("summary.json");
     let somaxconn = sysctl_get(&ns, "net.core.somaxconn");
-    let tracer = Tracer::events(&[
-        "--netns",
-        ns.path_str(),
-        "--poll-interval",
-        POLL_ARG,
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Events, &ns, &dir, &[]);
     thread::sleep(FIRST_SNAPSHOT);
     let before = Counters::read(&ns);
     let a = addr(PORT);
@@ -219,18 +234,7 @@ fn somaxconn_caps_the_backlog_and_the_live_view_shows_the_listener() {
     let ns = Netns::new();
     sysctl_set(&ns, "net.core.somaxconn", "2");
     let dir = TempDir::new("diag-somaxconn");
-    let sp = dir.arg("summary.json");
-    let tracer = Tracer::start(&[
-        "watch",
-        "--netns",
-        ns.path_str(),
-        "--poll-interval",
-        POLL_ARG,
-        "--interval",
-        "500ms",
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Live, &ns, &dir, &[]);
     thread::sleep(FIRST_SNAPSHOT);
     let before = Counters::read(&ns);
     let a = addr(PORT);
@@ -435,17 +439,7 @@ fn close_wait_leaks_have_owner_exact_age_and_unread_bytes() {
     const M: usize = 2;
     let ns = Netns::new();
     let dir = TempDir::new("diag-leak");
-    let sp = dir.arg("summary.json");
-    let tracer = Tracer::events(&[
-        "--netns",
-        ns.path_str(),
-        "--close-wait-threshold",
-        "2s",
-        "--poll-interval",
-        POLL_ARG,
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Events, &ns, &dir, &["--close-wait-threshold", "2s"]);
     thread::sleep(FIRST_SNAPSHOT);
     let a = addr(PORT);
     // K+M connections; the clients all close; the server reads and closes M of them (promptly),
@@ -599,22 +593,9 @@ fn leaks_made_before_tracing_have_lower_bound_ages() {
     const K: usize = 2;
     let ns = Netns::new();
     let dir = TempDir::new("diag-seeded");
-    let sp = dir.arg("summary.json");
     let (server, leaked, peers, _t0, close_end) = make_leaks(&ns, addr(PORT), K);
     thread::sleep(Duration::from_secs(1));
-    let tracer = Tracer::start(&[
-        "watch",
-        "--netns",
-        ns.path_str(),
-        "--close-wait-threshold",
-        "1s",
-        "--poll-interval",
-        POLL_ARG,
-        "--interval",
-        "500ms",
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Live, &ns, &dir, &["--close-wait-threshold", "1s"]);
     let ready = tracer.ready_at();
     // Long enough that the last polls (the window `growing` looks at: 5 polls) all come after
     // the leaks crossed the threshold (at the poll ~1 s after the first).
@@ -778,18 +759,7 @@ fn time_wait_sockets_are_counted_by_remote() {
     // socket's port, which would make the count depend on port choice: turn it off.
     sysctl_set(&ns, "net.ipv4.tcp_tw_reuse", "0");
     let dir = TempDir::new("diag-tw");
-    let sp = dir.arg("summary.json");
-    let tracer = Tracer::start(&[
-        "watch",
-        "--netns",
-        ns.path_str(),
-        "--poll-interval",
-        POLL_ARG,
-        "--interval",
-        "500ms",
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Live, &ns, &dir, &[]);
     thread::sleep(FIRST_SNAPSHOT);
     let a = addr(PORT);
     // N short connections; the client closes first, so its side ends in TIME_WAIT. One at a
@@ -914,15 +884,7 @@ fn refused_connection_resets_by_state_and_diagnosis() {
     const PORT: u16 = 23501;
     let ns = Netns::new();
     let dir = TempDir::new("diag-rst");
-    let sp = dir.arg("summary.json");
-    let tracer = Tracer::events(&[
-        "--netns",
-        ns.path_str(),
-        "--poll-interval",
-        POLL_ARG,
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Events, &ns, &dir, &[]);
     thread::sleep(FIRST_SNAPSHOT);
     let before = Counters::read(&ns);
     let a = addr(PORT);
@@ -996,15 +958,7 @@ fn sysctls_and_backlog_limit_are_read_inside_the_namespace() {
         "the root namespace's somaxconn must differ for this test"
     );
     let dir = TempDir::new("diag-sysctl");
-    let sp = dir.arg("summary.json");
-    let tracer = Tracer::events(&[
-        "--netns",
-        ns.path_str(),
-        "--poll-interval",
-        POLL_ARG,
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Events, &ns, &dir, &[]);
     thread::sleep(FIRST_SNAPSHOT);
     let a = addr(PORT);
     let server = ns.run(move || listen_with_backlog(a, 4096));
@@ -1074,15 +1028,7 @@ fn fin_wait2_timeouts_are_counted() {
     // 4 s: long enough that ss still sees them in FIN_WAIT2 on a loaded machine.
     sysctl_set(&ns, "net.ipv4.tcp_fin_timeout", "4");
     let dir = TempDir::new("diag-fw2");
-    let sp = dir.arg("summary.json");
-    let tracer = Tracer::events(&[
-        "--netns",
-        ns.path_str(),
-        "--poll-interval",
-        POLL_ARG,
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Events, &ns, &dir, &[]);
     thread::sleep(FIRST_SNAPSHOT);
     let a = addr(PORT);
     // K connections whose server never closes (its clients wait in FIN_WAIT2 until they time
@@ -1163,17 +1109,7 @@ fn a_growing_leak_is_flagged() {
     const PORT: u16 = 23901;
     let ns = Netns::new();
     let dir = TempDir::new("diag-growing");
-    let sp = dir.arg("summary.json");
-    let tracer = Tracer::events(&[
-        "--netns",
-        ns.path_str(),
-        "--close-wait-threshold",
-        "1s",
-        "--poll-interval",
-        POLL_ARG,
-        "--json-summary",
-        &sp,
-    ]);
+    let tracer = start_tracer(View::Events, &ns, &dir, &["--close-wait-threshold", "1s"]);
     thread::sleep(FIRST_SNAPSHOT);
     let a = addr(PORT);
     // One leak; 2 s later (it has been reported), two more; stop once those are reported too.
