@@ -168,6 +168,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// line through the samples after warm-up.
 pub fn soak(tracer: &Path, minutes: u64, rate: u64) -> Result<String> {
     let ns = Netns::new()?;
+    undo_on_signal(&ns, &BpfStats(None));
     let t = start_tracer(Config::Watch, tracer, None)?.context("tracer")?;
     let pid = t.child.id();
     let secs = minutes * 60;
@@ -186,11 +187,7 @@ pub fn soak(tracer: &Path, minutes: u64, rate: u64) -> Result<String> {
         );
     }
     let made = load.join().map_err(|_| anyhow!("load thread panicked"))??;
-    let mut t = t;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let _ = t.child.wait();
-    let err = t.stderr.join().unwrap_or_default();
+    let err = stop_tracer(t);
     let (events, lost) = parse_summary(&err);
     let warm: Vec<(f64, u64)> = samples
         .iter()
@@ -284,6 +281,63 @@ struct Tracer {
     stderr: std::thread::JoinHandle<String>,
 }
 
+/// The tracers running now, for [`undo_on_signal`] to stop.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Stops a tracer as Ctrl-C would (its summary line comes out) and returns its stderr.
+fn stop_tracer(mut t: Tracer) -> String {
+    let pid = t.child.id();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let _ = t.child.wait();
+    if let Ok(mut r) = RUNNING.lock() {
+        r.retain(|&p| p != pid);
+    }
+    t.stderr.join().unwrap_or_default()
+}
+
+/// The signal that interrupted the run, 0 until one does.
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn interrupted(sig: libc::c_int) {
+    INTERRUPTED.store(sig, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ctrl-C or SIGTERM in the middle of a run: a signal's default action skips `Drop`, which left
+/// the load's namespace behind and `kernel.bpf_stats_enabled` on (two clock reads added to every
+/// BPF program run on the host). The signals are caught instead (children start with the
+/// default action again) and a thread of its own undoes the run: the tracers are stopped, the
+/// namespace removed, bpf_stats restored. (Blocking the signals for `sigwait` would have been
+/// inherited by the tracers, which then could not be stopped.)
+fn undo_on_signal(ns: &Netns, stats: &BpfStats) {
+    let name = ns.name.clone();
+    let stats_before = stats.0.clone();
+    let handler: extern "C" fn(libc::c_int) = interrupted;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    }
+    std::thread::spawn(move || {
+        let sig = loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let sig = INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+            if sig != 0 {
+                break sig;
+            }
+        };
+        eprintln!("xtask: bench interrupted: stopping the tracers, removing namespace {name}");
+        for pid in RUNNING.lock().map(|r| r.clone()).unwrap_or_default() {
+            // SAFETY: signalling our own children.
+            unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        }
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        if let Some(b) = stats_before {
+            let _ = std::fs::write(BpfStats::PATH, b.trim());
+        }
+        std::process::exit(128 + sig);
+    });
+}
+
 fn start_tracer(cfg: Config, tracer: &Path, compare: Option<&Path>) -> Result<Option<Tracer>> {
     let mut cmd = match cfg {
         Config::None => return Ok(None),
@@ -339,6 +393,9 @@ fn start_tracer(cfg: Config, tracer: &Path, compare: Option<&Path>) -> Result<Op
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", cfg.name()))?;
+    if let Ok(mut r) = RUNNING.lock() {
+        r.push(child.id());
+    }
     let stderr: Box<dyn Read + Send> = if bpftrace {
         Box::new(child.stdout.take().context("bpftrace stdout")?)
     } else {
@@ -364,6 +421,9 @@ fn start_tracer(cfg: Config, tracer: &Path, compare: Option<&Path>) -> Result<Op
     if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
         let _ = child.kill();
         let _ = child.wait();
+        if let Ok(mut r) = RUNNING.lock() {
+            r.retain(|&p| p != child.id());
+        }
         let err = reader.join().unwrap_or_default();
         bail!("{} did not start: {}", cfg.name(), err.trim());
     }
@@ -433,11 +493,8 @@ fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Resul
         },
         ..Sample::default()
     };
-    if let Some(mut t) = tracer {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
-        let _ = t.child.wait();
-        let err = t.stderr.join().unwrap_or_default();
+    if let Some(t) = tracer {
+        let err = stop_tracer(t);
         if cfg != Config::Bpftrace {
             let (events, lost) = parse_summary(&err);
             s.events = events;
@@ -528,7 +585,8 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn overhead(o: &BenchOptions) -> Result<String> {
     let ns = Netns::new()?;
-    let _stats = BpfStats::enable(o.bpf_stats)?;
+    let stats = BpfStats::enable(o.bpf_stats)?;
+    undo_on_signal(&ns, &stats);
     let mut configs = vec![Config::None, Config::Watch];
     if o.compare.is_some() {
         configs.push(Config::WatchCompare);
