@@ -325,6 +325,9 @@ pub fn int(summary: &Value, ptr: &str) -> u64 {
         .unwrap_or_else(|| panic!("no integer {ptr} in the JSON summary:\n{summary:#}"))
 }
 
+/// In-kernel histograms: a bucket's midpoint is within this fraction of any value in the bucket.
+pub const BUCKET: f64 = 1.0 / 64.0;
+
 /// HdrHistogram with 3 significant digits: a recorded value is reported within 1/1024 of itself
 /// (plus 1 µs for the ns -> µs truncation).
 pub fn hdr_tol_us(v: f64) -> f64 {

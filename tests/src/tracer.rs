@@ -77,6 +77,13 @@ impl Tracer {
         Tracer::start(&all)
     }
 
+    /// `tcptrace watch --netns NS --json-summary SUMMARY EXTRA...`, waiting likewise.
+    pub fn watch(ns: &crate::Netns, summary: &str, extra: &[&str]) -> Tracer {
+        let mut all = vec!["watch", "--netns", ns.path_str(), "--json-summary", summary];
+        all.extend_from_slice(extra);
+        Tracer::start(&all)
+    }
+
     /// Spawn the tracer with exactly `args` and wait (up to [`READY_TIMEOUT`]) for the line
     /// "tcptrace: attached ..." on stderr. Panics, showing stderr, if it exits or times out first.
     pub fn start(args: &[&str]) -> Tracer {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tcptrace_tests::outputs::{
-    TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int, read_summary,
+    BUCKET, TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int,
+    read_summary,
 };
 use tcptrace_tests::scenario::{
     CLIENT_THREAD, Held, SERVER_THREAD, STEP_TIMEOUT, accept_timeout, held_connection, join, us,
@@ -382,15 +383,7 @@ fn passive_handshake_includes_synack_retransmits() {
         "auto",
     ]);
     // The same handshakes measured in the kernel (sock_ops times them there too).
-    let kernel = Tracer::start(&[
-        "watch",
-        "--netns",
-        ns.path_str(),
-        "--json-summary",
-        &ksum,
-        "--aggregate",
-        "kernel",
-    ]);
+    let kernel = Tracer::watch(&ns, &ksum, &["--aggregate", "kernel"]);
     let (fast, slow) = ns.run(|| {
         let fast = accepted_connection(addr(FAST));
         let slow = accepted_connection(addr(SLOW));
@@ -510,7 +503,7 @@ fn passive_handshake_includes_synack_retransmits() {
         "kernel by_port.{SLOW}.handshake_passive; {kctx}"
     );
     assert!(
-        kslow.min() as f64 >= RTO_MIN_US as f64 * (1.0 - 1.0 / 64.0),
+        kslow.min() as f64 >= RTO_MIN_US as f64 * (1.0 - BUCKET),
         "kernel by_port.{SLOW}.handshake_passive includes the SYN-ACK retransmit; {kctx}"
     );
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tcptrace_tests::diag::{array, own_comm, settle};
 use tcptrace_tests::outputs::{
-    H, TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int,
+    BUCKET, H, TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int,
     object_keys, read_summary, run_tracer, show, summary_tags,
 };
 use tcptrace_tests::scenario::{
@@ -23,8 +23,6 @@ use tcptrace_tests::{Counters, Netns, Tracer};
 
 /// The initial retransmission timeout is 1 s; a timer may fire a few jiffies early.
 const RTO_MIN_US: f64 = 995_000.0;
-/// A bucket's midpoint is within this fraction of any value in the bucket.
-const BUCKET: f64 = 1.0 / 64.0;
 /// How far the test's clock around a syscall may be from the kernel's timestamps inside it.
 const SLACK_US: f64 = 5_000.0;
 /// Two tracers on one tracepoint run their programs one after the other, so the second reads
@@ -48,13 +46,6 @@ fn connect_pair(l: &TcpListener, a: SocketAddr) -> (TcpStream, TcpStream, Socket
     let (srv, peer) = accept_timeout(l, STEP_TIMEOUT);
     assert_eq!(peer, c.local_addr().unwrap());
     (c, srv, peer)
-}
-
-/// `watch --netns NS --json-summary SUMMARY EXTRA...`, ready.
-fn watch(ns: &Netns, summary: &str, extra: &[&str]) -> Tracer {
-    let mut args = vec!["watch", "--netns", ns.path_str(), "--json-summary", summary];
-    args.extend_from_slice(extra);
-    Tracer::start(&args)
 }
 
 /// The JSON pointer of a tag of [`summary_tags`] (`port.P.dwell.S` -> `/by_port/P/dwell/S`).
@@ -136,8 +127,8 @@ fn kernel_and_user_aggregation_agree_side_by_side() {
     let dir = TempDir::new("in-kernel-pair");
     let (ka, ua) = (dir.arg("kernel.json"), dir.arg("user.json"));
     let before = Counters::read(&ns);
-    let kt = watch(&ns, &ka, &["--aggregate", "kernel"]);
-    let ut = watch(&ns, &ua, &["--aggregate", "user"]);
+    let kt = Tracer::watch(&ns, &ka, &["--aggregate", "kernel"]);
+    let ut = Tracer::watch(&ns, &ua, &["--aggregate", "user"]);
     let held: Vec<Held> = ns.run(|| {
         thread::scope(|s| {
             let hs: Vec<_> = CASES
@@ -304,8 +295,8 @@ fn kernel_port_filter_keeps_only_that_port() {
     let dir = TempDir::new("in-kernel-port");
     let (ka, ua) = (dir.arg("kernel.json"), dir.arg("user.json"));
     let kept = KEPT.to_string();
-    let kt = watch(&ns, &ka, &["--aggregate", "kernel", "-p", &kept]);
-    let ut = watch(&ns, &ua, &["--aggregate", "user", "-p", &kept]);
+    let kt = Tracer::watch(&ns, &ka, &["--aggregate", "kernel", "-p", &kept]);
+    let ut = Tracer::watch(&ns, &ua, &["--aggregate", "user", "-p", &kept]);
     // On each port, one listener and M connections, accepted before the clients close (see
     // kernel_and_user_aggregation_agree_side_by_side); each server reads EOF and closes.
     ns.run(|| {
@@ -385,7 +376,7 @@ fn ports_beyond_max_ports_are_counted_not_lost() {
     let ns = Netns::new();
     let dir = TempDir::new("in-kernel-ports-full");
     let sp = dir.arg("s.json");
-    let t = watch(&ns, &sp, &["--aggregate", "kernel", "--max-ports", "2"]);
+    let t = Tracer::watch(&ns, &sp, &["--aggregate", "kernel", "--max-ports", "2"]);
     // One after the other: the first two ports take the two blocks.
     ns.run(|| {
         for p in PORTS {
@@ -436,7 +427,7 @@ fn closed_listeners_free_their_kernel_table_entries() {
     let ns = Netns::new();
     let dir = TempDir::new("in-kernel-table");
     let sum = dir.arg("summary.json");
-    let tracer = watch(&ns, &sum, &["--aggregate", "kernel", "--max-sockets", "8"]);
+    let tracer = Tracer::watch(&ns, &sum, &["--aggregate", "kernel", "--max-sockets", "8"]);
     ns.run(|| {
         for _ in 0..LISTENERS {
             let l = TcpListener::bind(addr(CHURN)).unwrap_or_else(|e| panic!("bind: {e}"));
@@ -488,7 +479,7 @@ fn kernel_mode_close_wait_leaks_have_exact_ages() {
         let p = connect_pair(&l, a);
         (l, p)
     });
-    let tracer = watch(
+    let tracer = Tracer::watch(
         &ns,
         &sum,
         &[
@@ -659,8 +650,8 @@ fn auto_aggregation_streams_only_when_needed() {
     let dir = TempDir::new("in-kernel-auto");
     let (rs, ks) = (dir.arg("record.json"), dir.arg("plain.json"));
     let rec = dir.arg("run.tcpt");
-    let rt = watch(&ns, &rs, &["--record", &rec]);
-    let kt = watch(&ns, &ks, &[]);
+    let rt = Tracer::watch(&ns, &rs, &["--record", &rec]);
+    let kt = Tracer::watch(&ns, &ks, &[]);
     exchange(&ns, addr(PORT), Duration::from_millis(50));
     let rout = rt.stop();
     let kout = kt.stop();
