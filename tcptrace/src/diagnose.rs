@@ -22,10 +22,14 @@ pub struct Snapshot {
     pub ts_ns: u64,
     pub netns: u32,
     /// LISTEN (with drop counters), CLOSE_WAIT, FIN_WAIT2 and, if `time_wait_counted`,
-    /// TIME_WAIT sockets.
+    /// TIME_WAIT sockets; LISTEN only if `listeners_only`.
     pub sockets: Vec<DiagSocket>,
     /// Whether this poll dumped TIME_WAIT sockets (they are dumped less often).
     pub time_wait_counted: bool,
+    /// Whether this poll asked for listening sockets only: the kernel answers those from its
+    /// listening hash, without walking every connection; CLOSE_WAIT and FIN_WAIT2 sockets are
+    /// then unknown, not gone.
+    pub listeners_only: bool,
     pub counters: BTreeMap<&'static str, i64>,
     pub sysctls: BTreeMap<&'static str, String>,
 }
@@ -150,7 +154,7 @@ pub struct Health {
     pub fin_wait2_timeouts: u64,
     /// TIME_WAIT sockets per namespace, counted by remote end (a busy host has hundreds of
     /// thousands: only the counts are kept).
-    time_wait: BTreeMap<u32, HashMap<SocketAddr, u64>>,
+    time_wait: BTreeMap<u32, rustc_hash::FxHashMap<SocketAddr, u64>>,
     counters_base: BTreeMap<(u32, &'static str), i64>,
     counters_now: BTreeMap<(u32, &'static str), i64>,
     /// Counter deltas of namespaces that went away (their per-namespace entries are dropped).
@@ -347,9 +351,13 @@ impl Health {
             });
         }
 
+        let mut crossed = Vec::new();
+        if s.listeners_only {
+            return crossed;
+        }
+
         // CLOSE_WAIT.
         let mut now_cw = HashSet::new();
-        let mut crossed = Vec::new();
         for d in s.sockets.iter().filter(|d| d.state == TcpState::CloseWait) {
             let key = (s.netns, d.local, d.remote);
             now_cw.insert(key);
@@ -379,13 +387,6 @@ impl Health {
 
         // TIME_WAIT and FIN_WAIT2 timeouts: a FIN_WAIT2 socket that vanished without turning
         // into TIME_WAIT timed out waiting for the peer's FIN (tcp_fin_timeout).
-        let tw: Vec<(SocketAddr, SocketAddr)> = s
-            .sockets
-            .iter()
-            .filter(|d| d.state == TcpState::TimeWait)
-            .map(|d| (d.local, d.remote))
-            .collect();
-        let tw_set: HashSet<&(SocketAddr, SocketAddr)> = tw.iter().collect();
         let fw2_now: HashSet<Key> = s
             .sockets
             .iter()
@@ -400,15 +401,23 @@ impl Health {
                 .filter(|k| k.0 == s.netns && !fw2_now.contains(*k))
                 .copied()
                 .collect();
+            // There can be hundreds of thousands of TIME_WAIT sockets: their 4-tuples are only
+            // gathered when a FIN_WAIT2 socket went away, and counted with a fast hash.
+            let tw = s.sockets.iter().filter(|d| d.state == TcpState::TimeWait);
+            let tw_set: rustc_hash::FxHashSet<(SocketAddr, SocketAddr)> = if gone.is_empty() {
+                Default::default()
+            } else {
+                tw.clone().map(|d| (d.local, d.remote)).collect()
+            };
             for k in gone {
                 if !tw_set.contains(&(k.1, k.2)) {
                     self.fin_wait2_timeouts += 1;
                 }
                 self.fin_wait2.remove(&k);
             }
-            let mut by_remote: HashMap<SocketAddr, u64> = HashMap::new();
-            for (_, r) in &tw {
-                *by_remote.entry(*r).or_default() += 1;
+            let mut by_remote = rustc_hash::FxHashMap::default();
+            for d in tw {
+                *by_remote.entry(d.remote).or_default() += 1;
             }
             self.time_wait.insert(s.netns, by_remote);
         }
@@ -692,6 +701,7 @@ mod tests {
             netns: 7,
             sockets,
             time_wait_counted: true,
+            listeners_only: false,
             counters: BTreeMap::from([("ListenDrops", overflows), ("ListenOverflows", overflows)]),
             sysctls: BTreeMap::from([
                 ("net.core.somaxconn", "4096".to_string()),
@@ -777,6 +787,41 @@ mod tests {
         // It closes: no longer a leak.
         h.on_snapshot(&snap(13 * S, vec![], 0));
         assert!(h.leaks(13 * S).is_empty());
+    }
+
+    #[test]
+    fn listener_only_polls_leave_close_wait_and_fin_wait2_as_they_were() {
+        let mut h = Health::new(HealthConfig {
+            close_wait_threshold_ns: 10 * S,
+            ..Default::default()
+        });
+        let at = |state| sock(state, "10.0.0.1:80", "10.0.0.2:5000", 9, 0, 0, None);
+        let fw2 = sock(
+            TcpState::FinWait2,
+            "10.0.0.1:81",
+            "10.0.0.2:5001",
+            10,
+            0,
+            0,
+            None,
+        );
+        h.on_snapshot(&snap(0, vec![at(TcpState::CloseWait), fw2], 0));
+        let listeners = |ts| Snapshot {
+            listeners_only: true,
+            time_wait_counted: false,
+            ..snap(ts, vec![], 0)
+        };
+        // Neither is in a listeners-only poll: both are unknown there, not gone.
+        assert!(h.on_snapshot(&listeners(5 * S)).is_empty());
+        assert_eq!(h.close_wait.len(), 1);
+        assert!(h.on_snapshot(&listeners(11 * S)).is_empty());
+        assert_eq!(h.fin_wait2_timeouts, 0);
+        // The next full poll finds the leak, aged from the first one, and the FIN_WAIT2 socket
+        // gone without a TIME_WAIT successor.
+        let crossed = h.on_snapshot(&snap(12 * S, vec![at(TcpState::CloseWait)], 0));
+        assert_eq!(crossed.len(), 1);
+        assert_eq!(h.leak_report(&crossed[0], 12 * S).unwrap().age_s, 12.0);
+        assert_eq!(h.fin_wait2_timeouts, 1);
     }
 
     #[test]

@@ -254,7 +254,11 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     let start_ns = monotonic_now_ns();
     pipe.begin(start_ns)?;
     // The first snapshot is taken now, so sockets that existed before tracing are known.
-    let poll = Poller::start(targets.clone(), common.poll_interval);
+    let poll = Poller::start(
+        targets.clone(),
+        common.poll_interval,
+        poller::closing_every(common.poll_interval, common.close_wait_threshold),
+    );
     let mut poll_warned = false;
     let watching = args.is_none();
     let tty = io::stdout().is_terminal();
@@ -337,7 +341,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     drop(poll);
     let mut pipe = pipe.into_inner();
     // A last snapshot, so counters and drops cover the whole run.
-    match poller::poll(&targets, true) {
+    match poller::poll(&targets, poller::Dump::All) {
         Ok(snaps) => {
             for s in snaps {
                 pipe.snapshot(s)?;

@@ -28,29 +28,70 @@ impl Targets {
     }
 }
 
-/// The states a poll asks for: what diagnosis needs, not every socket. TIME_WAIT sockets can
-/// number in the hundreds of thousands on a busy host, so only every [`TIME_WAIT_EVERY`]th poll
-/// (and the last one) dumps them.
-fn wanted(time_wait: bool) -> netlink_packet_sock_diag::inet::StateFlags {
-    let mut s = vec![TcpState::Listen, TcpState::CloseWait, TcpState::FinWait2];
-    if time_wait {
-        s.push(TcpState::TimeWait);
+/// What one poll dumps besides the listening sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dump {
+    /// LISTEN only: answered from the kernel's listening hash, without walking every
+    /// connection.
+    Listeners,
+    /// Also CLOSE_WAIT and FIN_WAIT2: the kernel walks its whole established hash (every
+    /// namespace's sockets, TIME_WAIT included) to find them.
+    Closing,
+    /// Also TIME_WAIT, which can number hundreds of thousands on a busy host.
+    All,
+}
+
+impl Dump {
+    /// The states a poll asks for: what diagnosis needs, not every socket.
+    fn states(self) -> netlink_packet_sock_diag::inet::StateFlags {
+        let mut s = vec![TcpState::Listen];
+        if self != Dump::Listeners {
+            s.extend([TcpState::CloseWait, TcpState::FinWait2]);
+        }
+        if self == Dump::All {
+            s.push(TcpState::TimeWait);
+        }
+        diag::states(&s)
     }
-    diag::states(&s)
 }
 
 /// Every how many polls TIME_WAIT sockets are dumped.
 pub const TIME_WAIT_EVERY: u64 = 5;
 
-fn poll_one(t: &netns::NetnsTarget, time_wait: bool) -> anyhow::Result<Snapshot> {
+/// What the `n`th poll (from 0) dumps. Listeners every poll (accept queue peaks); TIME_WAIT every
+/// [`TIME_WAIT_EVERY`]th; CLOSE_WAIT and FIN_WAIT2 every `closing_every`th (see
+/// [`closing_every`]). The first poll dumps everything, so the sockets that were there before
+/// tcptrace are known from the start.
+pub fn dump_for(n: u64, closing_every: u64) -> Dump {
+    if n.is_multiple_of(TIME_WAIT_EVERY) {
+        Dump::All
+    } else if n.is_multiple_of(closing_every.max(1)) {
+        Dump::Closing
+    } else {
+        Dump::Listeners
+    }
+}
+
+/// Every how many polls CLOSE_WAIT and FIN_WAIT2 sockets are dumped: as seldom as lets a leak
+/// be reported within a sixth of `--close-wait-threshold` after crossing it (every 5th poll
+/// with the defaults, 2 s and 60 s), at most every [`TIME_WAIT_EVERY`]th. Each such dump walks
+/// every connection on the host, once per namespace: at 10 000 connections/s that walk was most
+/// of `watch`'s own CPU.
+pub fn closing_every(poll_interval: Duration, close_wait_threshold: Duration) -> u64 {
+    let per_poll = poll_interval.as_nanos().max(1) * 6;
+    ((close_wait_threshold.as_nanos() / per_poll) as u64).clamp(1, TIME_WAIT_EVERY)
+}
+
+fn poll_one(t: &netns::NetnsTarget, dump: Dump) -> anyhow::Result<Snapshot> {
     let inode = t.inode;
     netns::run_in(&t.path, move || {
         let ts_ns = monotonic_now_ns();
         Ok(Snapshot {
             ts_ns,
             netns: inode,
-            time_wait_counted: time_wait,
-            sockets: diag::dump(wanted(time_wait), true)?,
+            time_wait_counted: dump == Dump::All,
+            listeners_only: dump == Dump::Listeners,
+            sockets: diag::dump(dump.states(), true)?,
             counters: procnet::read_counters()?,
             sysctls: procnet::read_sysctls(),
         })
@@ -61,11 +102,11 @@ fn poll_one(t: &netns::NetnsTarget, time_wait: bool) -> anyhow::Result<Snapshot>
 /// namespace the user named are returned, and so is the first error when no namespace at all
 /// could be polled (e.g. after --user dropped the capabilities setns needs), so that it is
 /// reported rather than silently leaving diagnosis without snapshots.
-pub fn poll(targets: &Targets, time_wait: bool) -> anyhow::Result<Vec<Snapshot>> {
+pub fn poll(targets: &Targets, dump: Dump) -> anyhow::Result<Vec<Snapshot>> {
     let mut out = Vec::new();
     let mut first_error = None;
     for t in targets.list() {
-        match poll_one(&t, time_wait) {
+        match poll_one(&t, dump) {
             Ok(s) => out.push(s),
             Err(e) if matches!(targets, Targets::One(_)) => return Err(e),
             Err(e) => {
@@ -88,15 +129,16 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Starts polling now and then every `every`.
-    pub fn start(targets: Targets, every: Duration) -> Poller {
+    /// Starts polling now and then every `every`; CLOSE_WAIT and FIN_WAIT2 sockets every
+    /// `closing_every`th poll (see [`dump_for`]).
+    pub fn start(targets: Targets, every: Duration, closing_every: u64) -> Poller {
         let (tx, rx) = mpsc::channel();
         let (stop, stop_rx) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("tcptrace-poll".into())
             .spawn(move || {
                 for n in 0u64.. {
-                    if tx.send(poll(&targets, n % TIME_WAIT_EVERY == 0)).is_err() {
+                    if tx.send(poll(&targets, dump_for(n, closing_every))).is_err() {
                         return;
                     }
                     match stop_rx.recv_timeout(every) {
@@ -129,4 +171,31 @@ pub fn target_for(arg: &str, inode: u32) -> anyhow::Result<Targets> {
         PathBuf::from("/var/run/netns").join(arg)
     };
     Ok(Targets::One(netns::NetnsTarget { inode, path }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_sockets_are_dumped_as_seldom_as_the_threshold_allows() {
+        let s = Duration::from_secs;
+        // Defaults: a leak is seen at most 10 s after crossing 60 s.
+        assert_eq!(closing_every(s(2), s(60)), 5);
+        assert_eq!(closing_every(s(2), s(30)), 2);
+        // A short threshold (as tests use): every poll.
+        assert_eq!(closing_every(Duration::from_millis(200), s(1)), 1);
+        assert_eq!(closing_every(s(2), s(3600)), TIME_WAIT_EVERY);
+        let plan: Vec<Dump> = (0..11).map(|n| dump_for(n, 2)).collect();
+        use Dump::*;
+        assert_eq!(
+            plan,
+            [
+                All, Listeners, Closing, Listeners, Closing, All, Closing, Listeners, Closing,
+                Listeners, All
+            ]
+        );
+        assert!((0..20).all(|n| dump_for(n, 1) != Listeners));
+        assert_eq!(Dump::Listeners.states(), diag::states(&[TcpState::Listen]));
+    }
 }

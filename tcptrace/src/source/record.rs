@@ -183,7 +183,9 @@ impl Recorder {
             }
         }
         let mut end = blank(SNAPSHOT_END, s.ts_ns, s.netns);
-        end.aux32 = u32::from(s.time_wait_counted);
+        // Bit 0: TIME_WAIT dumped; bit 1: listeners only (recordings older than that bit have
+        // it clear, as their polls always dumped CLOSE_WAIT and FIN_WAIT2).
+        end.aux32 = u32::from(s.time_wait_counted) | u32::from(s.listeners_only) << 1;
         recs.push(end);
         for r in &recs {
             self.out
@@ -343,6 +345,7 @@ impl<R: Read> Replay<R> {
                         ts_ns: raw.ts_ns,
                         netns: raw.netns,
                         time_wait_counted: false,
+                        listeners_only: false,
                         sockets: Vec::new(),
                         counters: BTreeMap::new(),
                         sysctls: BTreeMap::new(),
@@ -420,7 +423,8 @@ impl<R: Read> Replay<R> {
                         netns: raw.netns,
                         ..Snapshot::default()
                     });
-                    snap.time_wait_counted = raw.aux32 == 1;
+                    snap.time_wait_counted = raw.aux32 & 1 != 0;
+                    snap.listeners_only = raw.aux32 & 2 != 0;
                     return Ok(Some(Item::Snapshot(snap)));
                 }
                 _ => {
@@ -519,6 +523,13 @@ mod tests {
         .unwrap();
         r.write(events).unwrap();
         r.write_snapshot(&snapshot()).unwrap();
+        r.write_snapshot(&Snapshot {
+            ts_ns: 78,
+            time_wait_counted: false,
+            listeners_only: true,
+            ..snapshot()
+        })
+        .unwrap();
         r.write_owner(
             1234,
             &ProcessInfo {
@@ -544,6 +555,7 @@ mod tests {
             ts_ns: 77,
             netns: 9,
             time_wait_counted: true,
+            listeners_only: false,
             sockets: vec![DiagSocket {
                 state: TcpState::Listen,
                 local: "[::]:8080".parse().unwrap(),
@@ -581,12 +593,14 @@ mod tests {
             owners[0].1.cgroup.as_deref(),
             Some("/system.slice/a-rather-long-unit-name-for-testing.service")
         );
-        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps.len(), 2);
         let (got, want) = (&snaps[0], snapshot());
         assert_eq!(got.sockets, want.sockets);
         assert_eq!(got.counters, want.counters);
         assert_eq!(got.sysctls, want.sysctls);
-        assert_eq!((got.ts_ns, got.netns, got.time_wait_counted), (77, 9, true));
+        let flags = |s: &Snapshot| (s.ts_ns, s.netns, s.time_wait_counted, s.listeners_only);
+        assert_eq!(flags(got), (77, 9, true, false));
+        assert_eq!(flags(&snaps[1]), (78, 9, false, true));
     }
 
     fn read_all(bytes: &[u8]) -> anyhow::Result<(Vec<Event>, Replay<&[u8]>)> {
@@ -602,9 +616,9 @@ mod tests {
     fn round_trip() {
         let evs = sample(10);
         let bytes = recording(&evs);
-        // 10 events, a snapshot of 5 records (socket, 2 counters, sysctl, end), an owner in
+        // 10 events, two snapshots of 5 records (socket, 2 counters, sysctl, end), an owner in
         // 2 records, the trailer.
-        assert_eq!(bytes.len(), HEADER_SIZE + 18 * RAW_EVENT_SIZE);
+        assert_eq!(bytes.len(), HEADER_SIZE + 23 * RAW_EVENT_SIZE);
         let (got, r) = read_all(&bytes).unwrap();
         assert_eq!(got, evs);
         assert_eq!(r.header.start_ns, 900);

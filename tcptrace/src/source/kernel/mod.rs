@@ -35,6 +35,9 @@ use crate::{
 
 /// How often the reader drains the ring buffer when the kernel has not woken it.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+/// The same in aggregation mode, where only the rare retransmits and resets cross the ring
+/// buffer (a quarter-full ring still wakes the reader at once): a quarter of the wake-ups.
+pub const AGG_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How to measure passive (server-side) handshakes; see [`PassiveMethod`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -145,7 +148,7 @@ pub struct KernelCounters {
     /// Events dropped because the ring buffer was full.
     pub lost: u64,
     /// Program runs the kernel skipped because another BPF program was already running on that
-    /// CPU (its recursion guard; `recursion_misses` in the program's fdinfo): events never made.
+    /// CPU (its recursion guard; the program's `recursion_misses`): events never made.
     pub missed: u64,
     /// Failed kernel reads (a field left as 0).
     pub read_errors: u64,
@@ -158,8 +161,40 @@ impl KernelCounters {
     }
 }
 
-/// `recursion_misses` of a BPF program, from /proc/self/fdinfo of its fd (Linux >= 5.12).
+/// `recursion_misses` of a BPF program: asked of the kernel with `BPF_OBJ_GET_INFO_BY_FD` (one
+/// syscall; it is read at every drain, 40 times a second, and opening and parsing each program's
+/// /proc/self/fdinfo text was a tenth of `watch`'s own CPU), else from that text (kernels that
+/// refuse the call without privileges, i.e. after --user, before Linux 6.5).
 fn recursion_misses(fd: i32) -> u64 {
+    use aya_obj::generated::{bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, bpf_prog_info};
+    /// `bpf_attr.info`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // Only the fields up to the counter are asked for: the kernel fills min(info_len, its size).
+    let len = std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8;
+    let mut info = [0u8; std::mem::size_of::<bpf_prog_info>()];
+    let mut attr = InfoAttr {
+        bpf_fd: fd as u32,
+        info_len: len as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` describes a writable buffer of `len` bytes that outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if r == 0 {
+        let at = len - 8;
+        return u64::from_ne_bytes(info[at..len].try_into().unwrap_or_default());
+    }
     std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
         .ok()
         .and_then(|t| {
@@ -409,7 +444,11 @@ impl KernelSource {
             .filter(|(name, _)| attached.contains(name))
             .filter_map(|(_, p)| p.fd().ok().map(|fd| fd.as_fd().as_raw_fd()))
             .collect();
-        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+        let mut tick = tokio::time::interval(if aggregating {
+            AGG_DRAIN_INTERVAL
+        } else {
+            DRAIN_INTERVAL
+        });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(KernelSource {
             rings: rings::Rings::new(rings)?,
