@@ -446,6 +446,16 @@ struct Sample {
     lost: Option<u64>,
     /// With --bpf-stats: (program, runs, run time ns) for each of the tracer's programs.
     progs: Vec<(String, u64, u64)>,
+    /// Seconds of load.
+    secs: f64,
+}
+
+impl Sample {
+    /// With --bpf-stats: CPU its BPF programs took during the load, % of one core.
+    fn bpf_cpu(&self) -> f64 {
+        let ns: u64 = self.progs.iter().map(|p| p.2).sum();
+        ns as f64 / 1e9 / self.secs.max(1e-9) * 100.0
+    }
 }
 
 /// `tcptrace: N events received, ..., L lost (ring buffer full or skipped by the kernel), ...`
@@ -491,6 +501,7 @@ fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Resul
             Some(pid) if o.bpf_stats => prog_stats(pid),
             _ => Vec::new(),
         },
+        secs,
         ..Sample::default()
     };
     if let Some(t) = tracer {
@@ -729,8 +740,19 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
     }
     if o.fixed_rate > 0 {
         out.push_str(&format!(
-            "\nAt a fixed {} connections/s: CPU of the load generator (with the kernel work in its context, BPF programs included) plus the tracer, % of one core, paired with the same round's no-tracer run:\n\n| configuration | connections/s | load + tracer CPU % median | extra vs none (% of the 2-core machine) | tracer CPU % | lost events |\n|---|---|---|---|---|---|\n",
-            o.fixed_rate
+            "\nAt a fixed {} connections/s: CPU of the load generator (with the kernel work in its context, BPF programs included) plus the tracer, % of one core, paired with the same round's no-tracer run{}:\n\n| configuration | connections/s | load + tracer CPU % median | extra vs none (% of the 2-core machine) | tracer CPU % | lost events |{}\n|---|---|---|---|---|---|{}\n",
+            o.fixed_rate,
+            if o.bpf_stats {
+                "; with --bpf-stats also the CPU the tracer's BPF programs took (their run time) and what the tracer's own work adds up to, BPF plus its process, without the noise of the load's own CPU"
+            } else {
+                ""
+            },
+            if o.bpf_stats {
+                " BPF CPU % | accounted: BPF + tracer, % of the machine |"
+            } else {
+                ""
+            },
+            if o.bpf_stats { "---|---|" } else { "" },
         ));
         let fixed_cfgs: Vec<Config> = [
             Config::None,
@@ -761,8 +783,20 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
             let mut cpu: Vec<f64> = busy[i].iter().map(|(_, s)| s.tracer_cpu).collect();
             let lost: Option<u64> = busy[i].iter().map(|(_, s)| s.lost).sum();
             let mut r: Vec<f64> = busy[i].iter().map(|(_, s)| s.rate).collect();
+            let accounted = if !o.bpf_stats {
+                String::new()
+            } else if *cfg == Config::None {
+                " - | - |".into()
+            } else {
+                let mut bpf: Vec<f64> = busy[i].iter().map(|(_, s)| s.bpf_cpu()).collect();
+                let mut sum: Vec<f64> = busy[i]
+                    .iter()
+                    .map(|(_, s)| (s.bpf_cpu() + s.tracer_cpu) / 2.0)
+                    .collect();
+                format!(" {:.2} | {:.2} % |", median(&mut bpf), median(&mut sum))
+            };
             out.push_str(&format!(
-                "| {} | {:.0} | {:.1} | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.1} | {} | {} | {} |{accounted}\n",
                 cfg.name(),
                 median(&mut r),
                 median(&mut p),
