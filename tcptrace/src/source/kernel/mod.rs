@@ -162,9 +162,9 @@ impl KernelCounters {
 }
 
 /// `recursion_misses` of a BPF program: asked of the kernel with `BPF_OBJ_GET_INFO_BY_FD` (one
-/// syscall; it is read at every drain, 40 times a second, and opening and parsing each program's
-/// /proc/self/fdinfo text was a tenth of `watch`'s own CPU), else from that text (kernels that
-/// refuse the call without privileges, i.e. after --user, before Linux 6.5).
+/// syscall; it is read at every drain, up to 40 times a second, and opening and parsing each
+/// program's /proc/self/fdinfo text was a tenth of `watch`'s own CPU), else from that text
+/// (kernels that refuse the call without privileges, i.e. after --user, before Linux 6.5).
 fn recursion_misses(fd: i32) -> u64 {
     use aya_obj::generated::{bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, bpf_prog_info};
     /// `bpf_attr.info`.
