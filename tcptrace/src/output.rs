@@ -120,7 +120,8 @@ impl AtomicFile {
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         // Not committed (or committed: then the temporary name no longer exists).
-        if self.device.is_none() && !self.tmp.as_os_str().is_empty() {
+        // (A device target has no temporary name.)
+        if !self.tmp.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -130,10 +131,16 @@ impl Drop for AtomicFile {
 mod tests {
     use super::*;
 
+    /// An empty directory of this test process's own.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tcptrace-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn atomic_file_replaces_whole() {
-        let dir = std::env::temp_dir().join(format!("tcptrace-out-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("out");
         let target = dir.join("s.json");
         std::fs::write(&target, b"old").unwrap();
         let f = AtomicFile::prepare(&target).unwrap();
@@ -158,8 +165,7 @@ mod tests {
         use std::os::unix::fs::FileTypeExt as _;
         // Renamed over, `--json-summary /dev/null` made /dev/null a regular file. A FIFO (no
         // privileges needed, nothing shared) stands for any file that is not a regular one.
-        let dir = std::env::temp_dir().join(format!("tcptrace-fifo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("fifo");
         let fifo = dir.join("summary.json");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
@@ -183,8 +189,7 @@ mod tests {
 
     #[test]
     fn create_refuses_symlinks() {
-        let dir = std::env::temp_dir().join(format!("tcptrace-sym-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("sym");
         let link = dir.join("link");
         std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
         assert!(create(&link).is_err());

@@ -739,20 +739,19 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         }
     }
     if o.fixed_rate > 0 {
+        // With --bpf-stats: two more columns.
+        let (intro, head, rule) = if o.bpf_stats {
+            (
+                "; with --bpf-stats also the CPU the tracer's BPF programs took (their run time) and what the tracer's own work adds up to, BPF plus its process, without the noise of the load's own CPU",
+                " BPF CPU % | accounted: BPF + tracer, % of the machine |",
+                "---|---|",
+            )
+        } else {
+            ("", "", "")
+        };
         out.push_str(&format!(
-            "\nAt a fixed {} connections/s: CPU of the load generator (with the kernel work in its context, BPF programs included) plus the tracer, % of one core, paired with the same round's no-tracer run{}:\n\n| configuration | connections/s | load + tracer CPU % median | extra vs none (% of the 2-core machine) | tracer CPU % | lost events |{}\n|---|---|---|---|---|---|{}\n",
+            "\nAt a fixed {} connections/s: CPU of the load generator (with the kernel work in its context, BPF programs included) plus the tracer, % of one core, paired with the same round's no-tracer run{intro}:\n\n| configuration | connections/s | load + tracer CPU % median | extra vs none (% of the 2-core machine) | tracer CPU % | lost events |{head}\n|---|---|---|---|---|---|{rule}\n",
             o.fixed_rate,
-            if o.bpf_stats {
-                "; with --bpf-stats also the CPU the tracer's BPF programs took (their run time) and what the tracer's own work adds up to, BPF plus its process, without the noise of the load's own CPU"
-            } else {
-                ""
-            },
-            if o.bpf_stats {
-                " BPF CPU % | accounted: BPF + tracer, % of the machine |"
-            } else {
-                ""
-            },
-            if o.bpf_stats { "---|---|" } else { "" },
         ));
         let fixed_cfgs: Vec<Config> = [
             Config::None,
