@@ -90,13 +90,15 @@ fn hist_counts(s: &Value) -> BTreeMap<String, u64> {
 
 /// A folded value (a bucket midpoint, through HdrHistogram) against the streamed exact one
 /// (through HdrHistogram): within 1/64, both HdrHistogram roundings, and [`PAIR_JITTER_US`].
-fn assert_folded_near(what: &str, kernel: u64, exact: u64, ctx: &str) {
+/// Returns what is wrong, if anything.
+fn folded_near(what: &str, kernel: u64, exact: u64) -> Option<String> {
     let e = exact as f64;
     let tol = e * BUCKET + 2.0 * hdr_tol_us(e) + PAIR_JITTER_US;
-    assert!(
-        (kernel as f64 - e).abs() <= tol,
-        "{what}: {kernel} µs in kernel mode vs. {exact} µs streamed (want within {tol:.0} µs); {ctx}"
-    );
+    ((kernel as f64 - e).abs() > tol).then(|| {
+        format!(
+            "{what}: {kernel} µs in kernel mode vs. {exact} µs streamed (want within {tol:.0} µs)"
+        )
+    })
 }
 
 /// `--aggregate kernel` against `--aggregate user`, both tracing the same namespace at once:
@@ -107,6 +109,30 @@ fn assert_folded_near(what: &str, kernel: u64, exact: u64, ctx: &str) {
 /// once (an extra LISTEN -> SYN_RECV -> CLOSE).
 #[test]
 fn kernel_and_user_aggregation_agree_side_by_side() {
+    // The pairs of values are compared once more, on new connections, if they differ: the host
+    // can stop this VM's CPU between the two tracers' programs (steal time), which once made
+    // the second one's clock read 118 µs later than the first's (in 8 other runs here no value
+    // was more than 4 µs beyond a bucket's width). An error of tcptrace's own shows up both times.
+    let first = side_by_side();
+    if first.is_empty() {
+        return;
+    }
+    eprintln!(
+        "values differed, once more on new connections:\n{}",
+        first.join("\n")
+    );
+    let second = side_by_side();
+    assert!(
+        second.is_empty(),
+        "values differed twice; first run:\n{}\nsecond run:\n{}",
+        first.join("\n"),
+        second.join("\n")
+    );
+}
+
+/// One run of [`kernel_and_user_aggregation_agree_side_by_side`]: panics on anything wrong but
+/// the folded values against the streamed ones, which it returns (with both summaries).
+fn side_by_side() -> Vec<String> {
     const N: usize = 5;
     // (port, ms the client holds ESTABLISHED, ms the server holds CLOSE_WAIT); the first SYN
     // to each of the first N ports is dropped.
@@ -244,11 +270,16 @@ fn kernel_and_user_aggregation_agree_side_by_side() {
         );
     }
     // Values: the kernel's bucket midpoints against the streamed exact values.
+    let mut differ = Vec::new();
     for (tag, kv) in &kh {
         let uv = &uh[tag];
-        assert_folded_near(&format!("{tag}.min"), kv.min(), uv.min(), &ctx);
-        assert_folded_near(&format!("{tag}.p50"), kv.p50(), uv.p50(), &ctx);
-        assert_folded_near(&format!("{tag}.max"), kv.max(), uv.max(), &ctx);
+        for (what, k, u) in [
+            ("min", kv.min(), uv.min()),
+            ("p50", kv.p50(), uv.p50()),
+            ("max", kv.max(), uv.max()),
+        ] {
+            differ.extend(folded_near(&format!("{tag}.{what}"), k, u));
+        }
     }
 
     // Against the test's clock, connection by connection: the kernel's active handshake lies
@@ -281,6 +312,10 @@ fn kernel_and_user_aggregation_agree_side_by_side() {
             assert_between_us(&tag, v.max(), lo, hi, SLACK_US + hi * BUCKET, &ctx);
         }
     }
+    if !differ.is_empty() {
+        differ.push(ctx);
+    }
+    differ
 }
 
 /// `-p PORT` is applied in the kernel: connections to another port of the same namespace are
