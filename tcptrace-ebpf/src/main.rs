@@ -952,8 +952,7 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         bump(counter::UNSEEN);
     }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED && SETTINGS.get(0) == Some(&1) {
-        let srtt: u32 = read((sk as u64 + global!(OFFSETS.kernel.tcp_srtt_us) as u64) as *const u8);
-        let us = u64::from(srtt >> 3);
+        let us = u64::from(srtt_handshake_us(sk as u64));
         hist_add(agg::PASSIVE, us);
         // (Not the slot's port: a slot made here, its birth unseen, has none.)
         port_hist_add(port_block(lport), agg::PORT_PASSIVE, us);
@@ -1029,8 +1028,27 @@ fn sock_netns_btf(sk: *const c_void) -> u32 {
     unsafe { core::ptr::read_volatile(net.add(off).cast::<u32>()) }
 }
 
+/// The srtt fallback's passive handshake of an accepted socket at SYN_RECV -> ESTABLISHED, µs:
+/// the round trip the kernel measured from its first SYN-ACK (`tcp_sock.srtt_us >> 3`), or, if
+/// SYN-ACKs were retransmitted on timeout (the kernel then measures no round trip from the
+/// first one), the time since the first SYN-ACK that it notes in the new socket
+/// (`total_rto_time`, ms; Linux 6.7+).
+#[inline(always)]
+fn srtt_handshake_us(sk: u64) -> u32 {
+    let k = global!(OFFSETS.kernel);
+    if k.tcp_total_rto != u32::MAX && k.tcp_total_rto_time != u32::MAX {
+        let timeouts: u16 = read((sk + k.tcp_total_rto as u64) as *const u8);
+        if timeouts != 0 {
+            let ms: u32 = read((sk + k.tcp_total_rto_time as u64) as *const u8);
+            return ms.saturating_mul(1000);
+        }
+    }
+    let srtt: u32 = read((sk + k.tcp_srtt_us as u64) as *const u8);
+    srtt >> 3
+}
+
 /// Fallback where no cgroup v2 is mounted: at SYN_RECV -> ESTABLISHED of an accepted socket,
-/// report the SYN-ACK round trip the kernel measured (`tcp_sock.srtt_us >> 3`).
+/// report its handshake as the kernel measured it (`srtt_handshake_us`).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn passive_rtt(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg::<*const c_void>(0) as u64;
@@ -1043,9 +1061,14 @@ pub fn passive_rtt(ctx: BtfTracePointContext) -> i32 {
     if protocol != IPPROTO_TCP {
         return 0;
     }
-    let srtt: u32 = read((sk + global!(OFFSETS.kernel.tcp_srtt_us) as u64) as *const u8);
+    let us = srtt_handshake_us(sk);
     emit(&ctx, kind::PASSIVE_RTT, sk, |ev| {
-        ev.aux32 = srtt >> 3;
+        ev.aux32 = us;
+        let off = global!(OFFSETS.kernel.tcp_total_retrans);
+        if off != u32::MAX {
+            // SYN-ACK retransmits, copied from the request socket.
+            ev.aux = u64::from(read::<u32>((sk + off as u64) as *const u8));
+        }
         ev.newstate = TCP_SYN_RECV as u8;
         ev.netns = sock_netns(sk);
         // Family and local port (what per-port figures need); addresses stay unspecified.

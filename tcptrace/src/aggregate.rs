@@ -26,8 +26,9 @@ pub enum PassiveMethod {
     /// SYN arrival (sock_ops, request socket) to the accepted socket's ESTABLISHED: the full
     /// server-side handshake, SYN-ACK retransmits included.
     SockOps,
-    /// The kernel's SYN-ACK round-trip estimate (tcp_sock.srtt_us) at ESTABLISHED: used where no
-    /// cgroup v2 is mounted; it misses time lost to SYN-ACK retransmits.
+    /// What the kernel notes in the accepted socket at ESTABLISHED (the first SYN-ACK's round
+    /// trip, or the time since it when SYN-ACKs were retransmitted on timeout): used where no
+    /// cgroup v2 is mounted; it starts at the first SYN-ACK, not at the SYN.
     Srtt,
 }
 
@@ -385,7 +386,14 @@ impl Aggregator {
                 let ns = ev.ts_ns.saturating_sub(syn.ts_ns);
                 self.record_passive(ev.local.port(), ns);
             }
-            EventKind::PassiveRtt { rtt_us } => {
+            EventKind::PassiveRtt {
+                rtt_us,
+                synack_retransmits,
+            } => {
+                *self
+                    .passive_by_synack_retransmits
+                    .entry(synack_retransmits)
+                    .or_default() += 1;
                 self.record_passive(ev.local.port(), u64::from(rtt_us) * 1_000);
             }
         }
@@ -661,15 +669,25 @@ mod tests {
             passive_method: PassiveMethod::Srtt,
             ..Default::default()
         });
-        a.apply(&ev(
-            0,
-            5,
-            EventKind::PassiveRtt { rtt_us: 250 },
-            "1.1.1.1:443",
-            "2.2.2.2:9",
-        ));
-        assert_eq!(a.passive.summary().p50_us, Some(250));
-        assert_eq!(a.by_port[&443].handshake_passive.count(), 1);
+        for (rtt_us, synack_retransmits) in [(250, 0), (1_003_000, 1)] {
+            a.apply(&ev(
+                0,
+                5,
+                EventKind::PassiveRtt {
+                    rtt_us,
+                    synack_retransmits,
+                },
+                "1.1.1.1:443",
+                "2.2.2.2:9",
+            ));
+        }
+        assert_eq!(a.passive.summary().min_us, Some(250));
+        assert!(a.passive.summary().max_us >= Some(1_000_000));
+        assert_eq!(a.by_port[&443].handshake_passive.count(), 2);
+        assert_eq!(
+            a.passive_by_synack_retransmits,
+            BTreeMap::from([(0, 1), (1, 1)])
+        );
     }
 
     #[test]
@@ -823,7 +841,10 @@ mod tests {
             a.apply(&ev(
                 0,
                 0,
-                EventKind::PassiveRtt { rtt_us: 5 },
+                EventKind::PassiveRtt {
+                    rtt_us: 5,
+                    synack_retransmits: 0,
+                },
                 &l,
                 "2.2.2.2:9",
             ));

@@ -158,8 +158,9 @@ pub struct CommonArgs {
     pub record: Option<PathBuf>,
 
     /// How to measure server-side handshakes: sock-ops (SYN arrival to ESTABLISHED, through a
-    /// sock_ops program on the cgroup v2 root), srtt (the kernel's SYN-ACK RTT via tp_btf), or
-    /// auto (sock-ops, else srtt).
+    /// sock_ops program on the cgroup v2 root; also the accept and SYN queue lengths at each SYN),
+    /// srtt (what the kernel notes in the accepted socket, via tp_btf: the first SYN-ACK's round
+    /// trip, or the time since it when SYN-ACKs were retransmitted), or auto (sock-ops, else srtt).
     #[arg(long, value_enum, default_value_t = crate::source::kernel::PassiveChoice::Auto, global = true)]
     pub passive_method: crate::source::kernel::PassiveChoice,
 

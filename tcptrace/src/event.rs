@@ -102,8 +102,13 @@ pub enum EventKind {
     },
     /// sock_ops: an accepted socket became ESTABLISHED.
     PassiveEstablished { cookie: u64 },
-    /// tp_btf fallback: SYN-ACK round trip the kernel measured for a new passive socket.
-    PassiveRtt { rtt_us: u32 },
+    /// tp_btf fallback: a new passive socket's handshake as the kernel noted it (its first
+    /// SYN-ACK's round trip, or the time since that SYN-ACK when it was retransmitted), and how
+    /// many SYN-ACKs were retransmitted.
+    PassiveRtt {
+        rtt_us: u32,
+        synack_retransmits: u32,
+    },
 }
 
 impl EventKind {
@@ -296,7 +301,10 @@ impl TryFrom<&RawEvent> for Event {
                 syn_queue: r.aux32 as u16,
             },
             kind::PASSIVE_ESTABLISHED => EventKind::PassiveEstablished { cookie: r.aux },
-            kind::PASSIVE_RTT => EventKind::PassiveRtt { rtt_us: r.aux32 },
+            kind::PASSIVE_RTT => EventKind::PassiveRtt {
+                rtt_us: r.aux32,
+                synack_retransmits: r.aux as u32,
+            },
             k => return Err(DecodeError::UnknownKind(k)),
         };
         let gap = r.family & tcptrace_common::GAP_BIT != 0;
@@ -371,7 +379,16 @@ impl Event {
             EventKind::PassiveEstablished { cookie } => {
                 (0, 0, cookie, 0, kind::PASSIVE_ESTABLISHED)
             }
-            EventKind::PassiveRtt { rtt_us } => (0, 0, 0, rtt_us, kind::PASSIVE_RTT),
+            EventKind::PassiveRtt {
+                rtt_us,
+                synack_retransmits,
+            } => (
+                0,
+                0,
+                u64::from(synack_retransmits),
+                rtt_us,
+                kind::PASSIVE_RTT,
+            ),
         };
         let bytes = |a: &SocketAddr| -> [u8; 16] {
             let mut out = [0u8; 16];

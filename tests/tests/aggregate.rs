@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tcptrace_tests::diag::sysctl_set;
 use tcptrace_tests::outputs::{
     BUCKET, TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int,
     read_summary,
@@ -366,9 +367,36 @@ fn accepted_connection(a: SocketAddr) -> Accepted {
 
 #[test]
 fn passive_handshake_includes_synack_retransmits() {
+    passive_handshakes_with_one_synack_retransmit("auto", "sock_ops", &[]);
+}
+
+/// `--passive-method srtt`, what `auto` falls back to where sock_ops cannot attach: the same
+/// handshakes, timed from what the kernel notes in the accepted socket (the first SYN-ACK's
+/// round trip, or the time since it when it had to be retransmitted). Without TCP timestamps,
+/// where the kernel has no round trip at all for a retransmitted SYN-ACK (srtt_us stays 0).
+#[test]
+fn srtt_fallback_includes_synack_retransmits() {
+    passive_handshakes_with_one_synack_retransmit(
+        "srtt",
+        "srtt",
+        &[("net.ipv4.tcp_timestamps", "0")],
+    );
+}
+
+/// One quick handshake and one whose final ACK is dropped once (a ~1 s SYN-ACK retransmit),
+/// measured with `--passive-method method` by a streaming tracer and an in-kernel one, in a
+/// namespace with `sysctls` set; `shown` is the method the summaries must name.
+fn passive_handshakes_with_one_synack_retransmit(
+    method: &str,
+    shown: &str,
+    sysctls: &[(&str, &str)],
+) {
     const SLOW: u16 = 22301; // the client's final handshake ACK is dropped once
     const FAST: u16 = 22302; // nothing dropped
     let ns = Netns::new();
+    for (k, v) in sysctls {
+        sysctl_set(&ns, k, v);
+    }
     drop_first(&ns, SLOW, "syn|ack|fin|rst|psh", "ack");
     let dir = TempDir::new("passive");
     let sum = dir.arg("summary.json");
@@ -380,10 +408,14 @@ fn passive_handshake_includes_synack_retransmits() {
         "--json-summary",
         &sum,
         "--passive-method",
-        "auto",
+        method,
     ]);
-    // The same handshakes measured in the kernel (sock_ops times them there too).
-    let kernel = Tracer::watch(&ns, &ksum, &["--aggregate", "kernel"]);
+    // The same handshakes measured in the kernel.
+    let kernel = Tracer::watch(
+        &ns,
+        &ksum,
+        &["--aggregate", "kernel", "--passive-method", method],
+    );
     let (fast, slow) = ns.run(|| {
         let fast = accepted_connection(addr(FAST));
         let slow = accepted_connection(addr(SLOW));
@@ -419,18 +451,21 @@ fn passive_handshake_includes_synack_retransmits() {
         "kernel's retransmit count in the namespace"
     );
 
-    // sock_ops is available here (cgroup v2): no fallback to srtt, which would miss the
-    // retransmit.
-    assert_eq!(
-        s["handshake"]["passive_method"],
-        Value::from("sock_ops"),
-        "handshake.passive_method; {ctx}"
-    );
-    assert!(
-        !out.stderr.contains("measured by srtt"),
-        "the tracer fell back to srtt:\n{}",
-        out.stderr
-    );
+    // sock_ops is available here (cgroup v2): `auto` does not fall back to srtt.
+    for run in [&s, &k] {
+        assert_eq!(
+            run["handshake"]["passive_method"],
+            Value::from(shown),
+            "handshake.passive_method; {ctx}\nkernel-mode summary:\n{k:#}"
+        );
+    }
+    if method == "auto" {
+        assert!(
+            !out.stderr.contains("measured by srtt"),
+            "the tracer fell back to srtt:\n{}",
+            out.stderr
+        );
+    }
     assert_eq!(
         int(&s, "/retransmits/synack"),
         1,

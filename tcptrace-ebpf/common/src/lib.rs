@@ -205,6 +205,11 @@ pub struct KernelOffsets {
     pub inet_saddr: u32,
     pub sock_daddr: u32,
     pub sock_v6_saddr: u32,
+    /// `struct tcp_sock` -> `total_rto` (u16) and `total_rto_time` (u32, ms), Linux 6.7+: an
+    /// accepted socket whose SYN-ACK was retransmitted by timer gets the number of timeouts and
+    /// the time since the first SYN-ACK (what the srtt fallback times such handshakes by).
+    pub tcp_total_rto: u32,
+    pub tcp_total_rto_time: u32,
 }
 
 /// Everything the kernel programs need to know about this kernel's layouts, handed to them as the

@@ -218,7 +218,16 @@ fn describe(kind: &EventKind) -> String {
         EventKind::ResetReceived { state: s } => format!("RST received in {}", state(s)),
         EventKind::SynReceived { .. } => "SYN received (request socket)".to_string(),
         EventKind::PassiveEstablished { .. } => "accepted connection ESTABLISHED".to_string(),
-        EventKind::PassiveRtt { rtt_us } => format!("SYN-ACK RTT {rtt_us}µs"),
+        EventKind::PassiveRtt {
+            rtt_us,
+            synack_retransmits: 0,
+        } => format!("SYN-ACK RTT {rtt_us}µs"),
+        EventKind::PassiveRtt {
+            rtt_us,
+            synack_retransmits,
+        } => format!(
+            "handshake {rtt_us}µs since the first SYN-ACK ({synack_retransmits} retransmitted)"
+        ),
     }
 }
 
@@ -713,7 +722,14 @@ mod tests {
                 state: Some(TcpState::Established),
                 reason: 1,
             },
-            EventKind::PassiveRtt { rtt_us: 17 },
+            EventKind::PassiveRtt {
+                rtt_us: 17,
+                synack_retransmits: 0,
+            },
+            EventKind::PassiveRtt {
+                rtt_us: 1_003_000,
+                synack_retransmits: 1,
+            },
         ];
         let addrs = [
             ("127.0.0.1:4000", "10.200.0.255:80"),
