@@ -793,17 +793,22 @@ const PORT_PROBES: u32 = 8;
 /// What a full preallocated hash map answers an insert.
 const E2BIG: i32 = 7;
 
-/// Counts a handshake under its number of SYN (or SYN-ACK) retransmits, read from the new
-/// socket's `total_retrans`.
+/// Counts a handshake under its number of SYN (or SYN-ACK) retransmits.
 #[inline(always)]
 fn count_retransmits(base: u32, sk: u64) {
+    bump_retransmits(base, total_retrans(sk));
+}
+
+/// A new socket's `total_retrans`: the SYNs (or SYN-ACKs, copied from the request socket) it
+/// took; 0 where the kernel lacks the member.
+#[inline(always)]
+fn total_retrans(sk: u64) -> u32 {
     let off = global!(OFFSETS.kernel.tcp_total_retrans);
-    let n: u32 = if sk != 0 && off != u32::MAX {
+    if sk != 0 && off != u32::MAX {
         read((sk + off as u64) as *const u8)
     } else {
         0
-    };
-    bump_retransmits(base, n);
+    }
 }
 
 /// Counts a handshake under its `n` retransmits.
@@ -1064,11 +1069,7 @@ pub fn passive_rtt(ctx: BtfTracePointContext) -> i32 {
     let us = srtt_handshake_us(sk);
     emit(&ctx, kind::PASSIVE_RTT, sk, |ev| {
         ev.aux32 = us;
-        let off = global!(OFFSETS.kernel.tcp_total_retrans);
-        if off != u32::MAX {
-            // SYN-ACK retransmits, copied from the request socket.
-            ev.aux = u64::from(read::<u32>((sk + off as u64) as *const u8));
-        }
+        ev.aux = u64::from(total_retrans(sk));
         ev.newstate = TCP_SYN_RECV as u8;
         ev.netns = sock_netns(sk);
         // Family and local port (what per-port figures need); addresses stay unspecified.

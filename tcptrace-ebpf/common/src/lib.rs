@@ -29,8 +29,11 @@ pub mod kind {
     /// sock_ops: a passive (accepted) socket became ESTABLISHED
     /// (`BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`). `aux` is the netns cookie.
     pub const PASSIVE_ESTABLISHED: u8 = 7;
-    /// tp_btf on `inet_sock_set_state`, SYN_RECV -> ESTABLISHED: the kernel's smoothed RTT of the
-    /// SYN-ACK (`tcp_sock.srtt_us >> 3`) in `aux32`, µs. Fallback when no cgroup v2 is mounted.
+    /// tp_btf on `inet_sock_set_state`, SYN_RECV -> ESTABLISHED: the handshake as the kernel noted
+    /// it in the new socket, in `aux32`, µs (the first SYN-ACK's round trip, `tcp_sock.srtt_us >>
+    /// 3`, or after SYN-ACK timeouts `total_rto_time`); `aux` the SYN-ACKs retransmitted
+    /// (`total_retrans`; 0 in recordings made before it was kept). Fallback when no cgroup v2 is
+    /// mounted.
     pub const PASSIVE_RTT: u8 = 8;
 }
 

@@ -162,7 +162,8 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         inet_saddr: sized("inet_sock", "inet_saddr", 4).unwrap_or(u32::MAX),
         sock_daddr: sized("sock", "__sk_common.skc_daddr", 4).unwrap_or(u32::MAX),
         sock_v6_saddr: sized("sock", "__sk_common.skc_v6_rcv_saddr", 16).unwrap_or(u32::MAX),
-        // Older kernels (u32::MAX): the srtt fallback misses SYN-ACK retransmits, as it says.
+        // Before Linux 6.7 (u32::MAX): the srtt fallback has, for a handshake whose SYN-ACK was
+        // retransmitted, only the round trip TCP timestamps give (README, What it measures).
         tcp_total_rto: sized("tcp_sock", "total_rto", 2).unwrap_or(u32::MAX),
         tcp_total_rto_time: sized("tcp_sock", "total_rto_time", 4).unwrap_or(u32::MAX),
     })
