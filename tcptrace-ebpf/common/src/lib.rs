@@ -213,6 +213,11 @@ pub struct KernelOffsets {
     /// the time since the first SYN-ACK (what the srtt fallback times such handshakes by).
     pub tcp_total_rto: u32,
     pub tcp_total_rto_time: u32,
+    /// `struct task_struct` -> `comm` (16 bytes), `tgid` and `pid` (i32): the task on the CPU's
+    /// name and ids, read directly by the tracing programs (cheaper than the helpers).
+    pub task_comm: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
 }
 
 /// Everything the kernel programs need to know about this kernel's layouts, handed to them as the

@@ -132,6 +132,18 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         }
         Ok(m.offset)
     };
+    // The tracing programs read the task on the CPU directly where the kernel has the helper
+    // that hands it over (Linux 5.11+; its id in the kernel's own enum says so, backports too).
+    let task_btf = btf
+        .enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
+        .is_ok();
+    let task = |path: &str, size: u32| {
+        if task_btf {
+            sized("task_struct", path, size).unwrap_or(u32::MAX)
+        } else {
+            u32::MAX
+        }
+    };
     Ok::<_, anyhow::Error>(KernelOffsets {
         sock_net: sized("sock", "__sk_common.skc_net", 8)?,
         sock_state: sized("sock", "__sk_common.skc_state", 1)?,
@@ -166,6 +178,10 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         // retransmitted, only the round trip TCP timestamps give (README, What it measures).
         tcp_total_rto: sized("tcp_sock", "total_rto", 2).unwrap_or(u32::MAX),
         tcp_total_rto_time: sized("tcp_sock", "total_rto_time", 4).unwrap_or(u32::MAX),
+        // Without them the programs ask the helpers (bpf_get_current_comm, _pid_tgid).
+        task_comm: task("comm", 16),
+        task_tgid: task("tgid", 4),
+        task_pid: task("pid", 4),
     })
     .context("reading struct layouts from /sys/kernel/btf/vmlinux")
 }
