@@ -331,7 +331,7 @@ const TAIL_KIND_SHIFT: u32 =
     ((core::mem::offset_of!(RawEvent, kind) - core::mem::offset_of!(RawEvent, netns) - 8) * 8)
         as u32;
 const _: () = assert!(
-    core::mem::offset_of!(RawEvent, netns) % 8 == 0
+    core::mem::offset_of!(RawEvent, netns).is_multiple_of(8)
         && core::mem::size_of::<RawEvent>() - core::mem::offset_of!(RawEvent, netns) == 16
         && cfg!(target_endian = "little")
 );
@@ -912,7 +912,7 @@ fn sock_slot(cookie: u64) -> (Option<*mut SockTimes>, Option<*mut SockTimes>) {
 /// `SockTimes` in aligned words, its cookie first (see `state_agg`).
 const SOCK_TIMES_WORDS: usize = core::mem::size_of::<SockTimes>() / 8;
 const _: () = assert!(
-    core::mem::size_of::<SockTimes>() % 8 == 0
+    core::mem::size_of::<SockTimes>().is_multiple_of(8)
         && core::mem::offset_of!(SockTimes, cookie) == 0
         && core::mem::align_of::<SockTimes>() == 8
 );
