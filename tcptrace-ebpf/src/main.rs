@@ -1066,23 +1066,62 @@ pub fn state_stream(ctx: BtfTracePointContext) -> i32 {
     emit(&ctx, kind::STATE, sk as u64, |ev| {
         ev.oldstate = old as u8;
         ev.newstate = new as u8;
-        ev.family = family as u8;
-        ev.sport = u16::from_be(sk_field!(tp, inet_sport, u16));
-        ev.dport = u16::from_be(sk_field!(sk, sock_dport, u16));
-        if family == AF_INET6 {
-            let s = (sk as *const u8).wrapping_add(global!(OFFSETS.kernel.sock_v6_saddr) as usize);
-            let d = (sk as *const u8).wrapping_add(global!(OFFSETS.kernel.sock_v6_daddr) as usize);
-            for i in 0..4 {
-                let sw = unsafe { core::ptr::read_volatile((s as *const u32).add(i)) };
-                let dw = unsafe { core::ptr::read_volatile((d as *const u32).add(i)) };
-                ev.saddr[i * 4..i * 4 + 4].copy_from_slice(&sw.to_ne_bytes());
-                ev.daddr[i * 4..i * 4 + 4].copy_from_slice(&dw.to_ne_bytes());
-            }
-        } else {
-            ev.saddr[..4].copy_from_slice(&sk_field!(tp, inet_saddr, u32).to_ne_bytes());
-            ev.daddr[..4].copy_from_slice(&sk_field!(sk, sock_daddr, u32).to_ne_bytes());
+        fill_from_sock(sk, tp, family, ev);
+    });
+    0
+}
+
+/// Family, ports, addresses and namespace of a tp_btf socket (`tp`: the same socket as a
+/// tcp_sock), what the classic tcp tracepoints copy into their records.
+#[inline(always)]
+fn fill_from_sock(sk: *const c_void, tp: *const c_void, family: u16, ev: &mut RawEvent) {
+    ev.family = family as u8;
+    ev.sport = u16::from_be(sk_field!(tp, inet_sport, u16));
+    ev.dport = u16::from_be(sk_field!(sk, sock_dport, u16));
+    if family == AF_INET6 {
+        let s = (sk as *const u8).wrapping_add(global!(OFFSETS.kernel.sock_v6_saddr) as usize);
+        let d = (sk as *const u8).wrapping_add(global!(OFFSETS.kernel.sock_v6_daddr) as usize);
+        for i in 0..4 {
+            let sw = unsafe { core::ptr::read_volatile((s as *const u32).add(i)) };
+            let dw = unsafe { core::ptr::read_volatile((d as *const u32).add(i)) };
+            ev.saddr[i * 4..i * 4 + 4].copy_from_slice(&sw.to_ne_bytes());
+            ev.daddr[i * 4..i * 4 + 4].copy_from_slice(&dw.to_ne_bytes());
         }
-        ev.netns = sock_netns_btf(sk);
+    } else {
+        ev.saddr[..4].copy_from_slice(&sk_field!(tp, inet_saddr, u32).to_ne_bytes());
+        ev.daddr[..4].copy_from_slice(&sk_field!(sk, sock_daddr, u32).to_ne_bytes());
+    }
+    ev.netns = sock_netns_btf(sk);
+}
+
+/// A retransmitted segment, through the BTF tracepoint (what `tcp_retransmit` reports from the
+/// classic one, read from the socket instead of a record the kernel builds and the program
+/// copies). The kernel skips a classic tracepoint program whenever any other kprobe or classic
+/// tracepoint program, this tool's or another's, is running on that CPU (retransmit timers
+/// fire in softirq, on top of whatever ran); a BTF tracepoint program is only guarded against
+/// itself.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn retransmit_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    if sk.is_null() {
+        return 0;
+    }
+    let family: u16 = sk_field!(sk, sock_family, u16);
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<c_void>();
+    if tp.is_null() {
+        return 0;
+    }
+    // The `err` argument exists where the classic tracepoint's record has it (Linux 6.17+); on
+    // older kernels the branch is dead to the verifier (a frozen constant).
+    let err: i32 = if global!(OFFSETS.retransmit_skb.aux) != NONE {
+        ctx.arg(2)
+    } else {
+        0
+    };
+    emit(&ctx, kind::RETRANSMIT, sk as u64, |ev| {
+        ev.newstate = sk_field!(sk, sock_state, u8);
+        ev.aux32 = err as u32;
+        fill_from_sock(sk, tp, family, ev);
     });
     0
 }

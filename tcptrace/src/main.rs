@@ -222,6 +222,9 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
     if let Some(note) = &src.state_note {
         eprintln!("tcptrace: state changes through the classic tracepoint: {note}");
     }
+    if let Some(note) = &src.retransmit_note {
+        eprintln!("tcptrace: retransmits through the classic tracepoint: {note}");
+    }
     if let Some(note) = &src.passive_note {
         eprintln!("tcptrace: passive handshakes measured by srtt (SYN-ACK RTT): {note}");
     }

@@ -933,9 +933,16 @@ fn half_open_flood_is_survived_with_bounded_memory() {
 /// another classic tracepoint or kprobe program is already running on that CPU
 /// (`bpf_prog_active`, counted as the program's `recursion_misses`), and the retransmit timers
 /// fire in softirq, on top of whatever the churn's process context was running. With state
-/// changes on the classic tracepoint this lost 150-520 of ~4 400 retransmits per run (counted)
-/// and a few dozen more that no counter showed; with the tp_btf program (per-program recursion
-/// guard) none.
+/// changes on the classic tracepoint this lost 150-520 of ~4 400 retransmits per run (counted);
+/// with the tp_btf programs (per-program recursion guard) none.
+///
+/// The kernel itself leaves a few out: in about one run in four here, 40 to 120 of the ~4 400
+/// SYN retransmits it counted (TcpExt.TCPSynRetrans, and the client sockets' own
+/// `tcpi_total_retrans`, which agreed with it every time) made no `tcp_retransmit_skb`
+/// tracepoint call: a bpftrace counting that tracepoint, attached for the whole run, saw exactly
+/// what tcptrace saw in all of 10 runs, the short ones included. So up to
+/// [`UNREPORTED_PERCENT`] of the kernel's count may be missing from both; anything beyond is
+/// tcptrace's own loss.
 #[test]
 fn retransmits_are_seen_or_counted_lost_under_concurrent_load() {
     const PORT: u16 = 24311;
@@ -973,15 +980,21 @@ fn retransmits_are_seen_or_counted_lost_under_concurrent_load() {
         syn + synack,
         f.k1
     );
+    let unreported = f.k1 * UNREPORTED_PERCENT / 100;
     assert!(
-        syn + synack + lost >= f.k1,
+        syn + synack + lost + unreported >= f.k1,
         "the kernel retransmitted {} SYNs, the tracer saw {} and reports {lost} events lost: {} \
-         retransmits vanished without a trace; {ctx}",
+         retransmits vanished without a trace (more than the {unreported} the kernel may leave \
+         unreported); {ctx}",
         f.k1,
         syn + synack,
         f.k1 - syn - synack - lost
     );
 }
+
+/// Of SYN retransmits the kernel counts under the flood with a churn, how many it may make no
+/// tracepoint call for (see `retransmits_are_seen_or_counted_lost_under_concurrent_load`).
+const UNREPORTED_PERCENT: u64 = 3;
 
 // ---------------------------------------------------------------------------------------------
 // 3. SIGTERM at any moment.

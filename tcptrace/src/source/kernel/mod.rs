@@ -25,7 +25,10 @@ use aya::{
 use tcptrace_common::{Config, MAX_KERNEL_PORTS, agg, counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use offsets::{STATE_PROGRAM, TRACEPOINTS};
+pub use offsets::{RETRANSMIT_PROGRAM, STATE_PROGRAM, TRACEPOINTS};
+
+/// The tp_btf program that replaces [`RETRANSMIT_PROGRAM`] where it loads.
+const RETRANSMIT_BTF: &str = "retransmit_btf";
 pub use rings::CHUNK;
 
 use crate::{
@@ -140,6 +143,8 @@ pub struct KernelSource {
     pub passive_note: Option<String>,
     /// Streaming under `--state-hook auto` when the tp_btf program could not load: why.
     pub state_note: Option<String>,
+    /// Why retransmits come through the classic tracepoint although state changes do not.
+    pub retransmit_note: Option<String>,
 }
 
 /// Counters kept by the kernel side.
@@ -386,9 +391,25 @@ impl KernelSource {
                 }
             }
         }
+        // Retransmits through their BTF tracepoint where state changes use one (classic
+        // tracepoint programs are skipped while another BPF program runs, see `retransmit_btf`).
+        let mut retransmit_note = None;
+        let mut classic_retransmit = true;
+        if !classic_state {
+            match attach_btf_program(&mut ebpf, RETRANSMIT_BTF, "tcp_retransmit_skb") {
+                Ok(()) => {
+                    attached.push(RETRANSMIT_BTF);
+                    classic_retransmit = false;
+                }
+                Err(e) => retransmit_note = Some(first_line(&format!("{e:#}"))),
+            }
+        }
         for (prog, category, name) in TRACEPOINTS {
             if prog == STATE_PROGRAM && !classic_state {
                 // state_agg or state_stream hooks state changes instead.
+                continue;
+            }
+            if prog == RETRANSMIT_PROGRAM && !classic_retransmit {
                 continue;
             }
             let p: &mut TracePoint = ebpf
@@ -463,6 +484,7 @@ impl KernelSource {
             passive_method,
             passive_note,
             state_note,
+            retransmit_note,
         })
     }
 
@@ -571,23 +593,28 @@ fn attach_passive(
 /// Loads and attaches one of the object's tp_btf programs on `inet_sock_set_state`. A verifier
 /// rejection keeps its first line; TCPTRACE_VERIFIER_LOG=FILE saves the whole log.
 fn attach_state_program(ebpf: &mut Ebpf, prog: &str) -> anyhow::Result<()> {
+    attach_btf_program(ebpf, prog, "inet_sock_set_state")
+}
+
+/// Loads and attaches one of the object's tp_btf programs on tracepoint `function`.
+fn attach_btf_program(ebpf: &mut Ebpf, prog: &str, function: &str) -> anyhow::Result<()> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF: {e}"))?;
     let p: &mut aya::programs::BtfTracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| anyhow!("kernel object has no program {prog} (build problem)"))?
         .try_into()
         .map_err(|e| anyhow!("program {prog}: {e}"))?;
-    p.load("inet_sock_set_state", &btf).map_err(|e| {
+    p.load(function, &btf).map_err(|e| {
         if let Some(path) = std::env::var_os("TCPTRACE_VERIFIER_LOG") {
             let _ = std::fs::write(path, format!("{e:#}"));
         }
         anyhow!(
-            "loading {prog} (tp_btf/inet_sock_set_state): {}",
+            "loading {prog} (tp_btf/{function}): {}",
             first_line(&format!("{e:#}"))
         )
     })?;
     p.attach()
-        .map_err(|e| anyhow!("attaching {prog} (tp_btf/inet_sock_set_state): {e:#}"))?;
+        .map_err(|e| anyhow!("attaching {prog} (tp_btf/{function}): {e:#}"))?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use super::{
 /// The tracepoints tcptrace attaches to: (program name in the object, category, tracepoint).
 /// The streaming program for state changes (replaced by `state_agg` in aggregation mode).
 pub const STATE_PROGRAM: &str = "sock_set_state";
+pub const RETRANSMIT_PROGRAM: &str = "tcp_retransmit";
 
 pub const TRACEPOINTS: [(&str, &str, &str); 5] = [
     ("sock_set_state", "sock", "inet_sock_set_state"),
