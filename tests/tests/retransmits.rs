@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tcptrace_tests::events::{CLIENT_PATH, SERVER_PATH, socket_life, state_path, the_one};
 use tcptrace_tests::scenario::{
-    CLIENT_THREAD, PAYLOAD, SERVER_THREAD, STEP_TIMEOUT, accept_timeout, exchange,
+    CLIENT_THREAD, Exchange, PAYLOAD, SERVER_THREAD, STEP_TIMEOUT, accept_timeout, exchange,
 };
 use tcptrace_tests::{Counters, EventExt, Netns, Tracer, describe_all, nft};
 
@@ -41,13 +41,15 @@ fn dropped_first_syn_is_one_retransmit() {
     let ns = Netns::new();
     drop_first(&ns, PORT, "syn|ack", "syn");
     let before = Counters::read(&ns);
+    // The BTF tracepoint program and, beside it, the classic one (`--state-hook tracepoint`
+    // hooks retransmits there too), on the same connection.
     let tracer = Tracer::events(&["--netns", ns.path_str()]);
+    let classic = Tracer::events(&["--netns", ns.path_str(), "--state-hook", "tracepoint"]);
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
     let ex = exchange(&ns, SocketAddr::new(ip, PORT), Duration::from_millis(50));
     let out = tracer.stop();
+    let classic_out = classic.stop();
     let after = Counters::read(&ns);
-    out.assert_clean();
-    let evs: &[Value] = &out.events;
 
     // Ground truth: the SYN was dropped once, so connect() waited for one retransmission.
     let connect_ms = ex.connect_time().as_secs_f64() * 1e3;
@@ -61,12 +63,37 @@ fn dropped_first_syn_is_one_retransmit() {
         "kernel counted retransmits in the namespace"
     );
 
+    for (hook, out) in [("btf", &out), ("tracepoint", &classic_out)] {
+        out.assert_clean();
+        assert!(
+            out.stderr.contains(if hook == "btf" {
+                "retransmit_btf"
+            } else {
+                "tcp_retransmit,"
+            }),
+            "{hook} run did not attach its retransmit program:\n{}",
+            out.stderr
+        );
+        syn_retransmit_seen(&out.events, &ns, &ex, ip, PORT, hook);
+    }
+}
+
+/// The client's one SYN retransmit and its SYN_SENT dwell, as the `hook` run reported them.
+fn syn_retransmit_seen(
+    evs: &[Value],
+    ns: &Netns,
+    ex: &Exchange,
+    ip: IpAddr,
+    port: u16,
+    hook: &str,
+) {
+    let connect_ms = ex.connect_time().as_secs_f64() * 1e3;
     let syn = the_one(evs, "the client's CLOSE->SYN_SENT", |e| {
-        e.is_transition("CLOSE", "SYN_SENT") && e.rport() == Some(PORT as u64)
+        e.is_transition("CLOSE", "SYN_SENT") && e.rport() == Some(port as u64)
     });
     let client = socket_life(evs, syn);
     let ctx = format!(
-        "client socket events:\n{}",
+        "{hook} run, client socket events:\n{}",
         describe_all(client.iter().copied())
     );
     let rtx = the_one(evs, "a retransmit", |e| e.kind() == "retransmit");
@@ -81,7 +108,7 @@ fn dropped_first_syn_is_one_retransmit() {
         "retransmit state; {ctx}"
     );
     assert_eq!(rtx.raddr(), Some(ip), "retransmit raddr; {ctx}");
-    assert_eq!(rtx.rport(), Some(PORT as u64), "retransmit rport; {ctx}");
+    assert_eq!(rtx.rport(), Some(port as u64), "retransmit rport; {ctx}");
     assert_eq!(
         rtx.lport(),
         Some(ex.client_local.port() as u64),
