@@ -282,7 +282,7 @@ fn sock_netns(sk: u64) -> u32 {
 }
 
 /// Where a program finds the task on the CPU's name and ids: tracing programs read them from
-/// the task itself (`bpf_get_current_task_btf`, four loads; two helper calls cost ~40 ns more
+/// the task itself (`bpf_get_current_task_btf`, four loads; the two helper calls cost ~60 ns more
 /// per event here), which sock_ops programs may not call; they use `bpf_get_current_comm` and
 /// `bpf_get_current_pid_tgid`.
 trait CurrentTask {
