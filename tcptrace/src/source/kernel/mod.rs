@@ -349,12 +349,13 @@ impl KernelSource {
         };
 
         let mut attached = Vec::new();
+        let mut btf = ProgramBtf::default();
         let aggregating = opts.aggregate.is_some();
         let mut state_note = None;
         // Streaming through the classic tracepoint (its record copied by `sock_set_state`).
         let mut classic_state = false;
         if aggregating {
-            attach_state_program(&mut ebpf, "state_agg").map_err(|e| {
+            attach_state_program(&mut ebpf, &mut btf, "state_agg").map_err(|e| {
                 anyhow!(
                     "{e} (in-kernel aggregation; TCPTRACE_VERIFIER_LOG=FILE saves the verifier's whole log; --aggregate user avoids this program)"
                 )
@@ -376,7 +377,7 @@ impl KernelSource {
             let missing = fields.iter().find(|(_, off)| *off == u32::MAX);
             let r = match missing {
                 Some((name, _)) => Err(anyhow!("this kernel's BTF has no {name}")),
-                None => attach_state_program(&mut ebpf, "state_stream"),
+                None => attach_state_program(&mut ebpf, &mut btf, "state_stream"),
             };
             match r {
                 Ok(()) => attached.push("state_stream"),
@@ -396,7 +397,7 @@ impl KernelSource {
         let mut retransmit_note = None;
         let mut classic_retransmit = true;
         if !classic_state {
-            match attach_btf_program(&mut ebpf, RETRANSMIT_BTF, "tcp_retransmit_skb") {
+            match attach_btf_program(&mut ebpf, &mut btf, RETRANSMIT_BTF, "tcp_retransmit_skb") {
                 Ok(()) => {
                     attached.push(RETRANSMIT_BTF);
                     classic_retransmit = false;
@@ -424,7 +425,8 @@ impl KernelSource {
             attached.push(prog);
         }
 
-        let (passive_method, passive_note) = attach_passive(&mut ebpf, opts.passive, aggregating)?;
+        let (passive_method, passive_note) =
+            attach_passive(&mut ebpf, &mut btf, opts.passive, aggregating)?;
         attached.push(match (passive_method, aggregating) {
             (PassiveMethod::SockOps, _) => "tcp_sockops",
             (PassiveMethod::Srtt, false) => "passive_rtt",
@@ -570,6 +572,7 @@ impl KernelSource {
 /// fallback. Returns the method and, for the fallback under `auto`, why.
 fn attach_passive(
     ebpf: &mut Ebpf,
+    btf: &mut ProgramBtf,
     choice: PassiveChoice,
     aggregating: bool,
 ) -> anyhow::Result<(PassiveMethod, Option<String>)> {
@@ -586,25 +589,44 @@ fn attach_passive(
     if aggregating {
         return Ok((PassiveMethod::Srtt, note));
     }
-    attach_state_program(ebpf, "passive_rtt")?;
+    attach_state_program(ebpf, btf, "passive_rtt")?;
     Ok((PassiveMethod::Srtt, note))
 }
 
 /// Loads and attaches one of the object's tp_btf programs on `inet_sock_set_state`. A verifier
 /// rejection keeps its first line; TCPTRACE_VERIFIER_LOG=FILE saves the whole log.
-fn attach_state_program(ebpf: &mut Ebpf, prog: &str) -> anyhow::Result<()> {
-    attach_btf_program(ebpf, prog, "inet_sock_set_state")
+fn attach_state_program(ebpf: &mut Ebpf, btf: &mut ProgramBtf, prog: &str) -> anyhow::Result<()> {
+    attach_btf_program(ebpf, btf, prog, "inet_sock_set_state")
+}
+
+/// The kernel's BTF that loading a tp_btf program needs, parsed once (~20 ms here) on first use.
+#[derive(Default)]
+struct ProgramBtf(Option<aya::Btf>);
+
+impl ProgramBtf {
+    fn get(&mut self) -> anyhow::Result<&aya::Btf> {
+        if self.0.is_none() {
+            let btf = aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF: {e}"))?;
+            self.0 = Some(btf);
+        }
+        Ok(self.0.as_ref().expect("just set"))
+    }
 }
 
 /// Loads and attaches one of the object's tp_btf programs on tracepoint `function`.
-fn attach_btf_program(ebpf: &mut Ebpf, prog: &str, function: &str) -> anyhow::Result<()> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF: {e}"))?;
+fn attach_btf_program(
+    ebpf: &mut Ebpf,
+    btf: &mut ProgramBtf,
+    prog: &str,
+    function: &str,
+) -> anyhow::Result<()> {
+    let btf = btf.get()?;
     let p: &mut aya::programs::BtfTracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| anyhow!("kernel object has no program {prog} (build problem)"))?
         .try_into()
         .map_err(|e| anyhow!("program {prog}: {e}"))?;
-    p.load(function, &btf).map_err(|e| {
+    p.load(function, btf).map_err(|e| {
         if let Some(path) = std::env::var_os("TCPTRACE_VERIFIER_LOG") {
             let _ = std::fs::write(path, format!("{e:#}"));
         }
