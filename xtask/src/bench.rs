@@ -634,7 +634,12 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
     churn(&ns.path(), o.threads, 2, None)?;
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
     for round in 0..o.rounds {
-        for (i, cfg) in configs.iter().enumerate() {
+        // The order turns by one each round, so no configuration always runs in the same place
+        // (in a fixed order, two runs of nearly the same programs differed by 3-5 points, the
+        // first after the no-tracer run the worse); pairs stay within one round.
+        for k in 0..configs.len() {
+            let i = (k + round) % configs.len();
+            let cfg = &configs[i];
             let s = measure(*cfg, &ns.path(), o, None)?;
             eprintln!(
                 "xtask: bench round {} {:<45} {:>9.0} conn/s  tracer cpu {:>5.1}%  events {}  lost {}",
@@ -765,8 +770,11 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         .filter(|c| configs.contains(c))
         .collect();
         let mut busy: Vec<Vec<(f64, Sample)>> = vec![Vec::new(); fixed_cfgs.len()];
-        for _ in 0..o.rounds.min(3) {
-            for (i, cfg) in fixed_cfgs.iter().enumerate() {
+        for round in 0..o.rounds.min(3) {
+            for k in 0..fixed_cfgs.len() {
+                // Turning order, as above.
+                let i = (k + round) % fixed_cfgs.len();
+                let cfg = &fixed_cfgs[i];
                 let s = measure(*cfg, &ns.path(), o, Some(o.fixed_rate))?;
                 busy[i].push((s.machine_cpu, s));
             }

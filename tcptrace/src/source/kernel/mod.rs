@@ -366,7 +366,7 @@ impl KernelSource {
         } else {
             let fields = [
                 ("inet_sock.inet_sport", layout.kernel.inet_sport),
-                ("inet_sock.inet_saddr", layout.kernel.inet_saddr),
+                ("sock.__sk_common.skc_rcv_saddr", layout.kernel.sock_rcv_saddr),
                 ("sock.__sk_common.skc_daddr", layout.kernel.sock_daddr),
                 (
                     "sock.__sk_common.skc_v6_rcv_saddr",

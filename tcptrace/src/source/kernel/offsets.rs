@@ -172,7 +172,7 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         // Handshakes by retransmit count are a bonus (u32::MAX: all counted as 0).
         tcp_total_retrans: sized("tcp_sock", "total_retrans", 4).unwrap_or(u32::MAX),
         inet_sport: sized("inet_sock", "inet_sport", 2).unwrap_or(u32::MAX),
-        inet_saddr: sized("inet_sock", "inet_saddr", 4).unwrap_or(u32::MAX),
+        sock_rcv_saddr: sized("sock", "__sk_common.skc_rcv_saddr", 4).unwrap_or(u32::MAX),
         sock_daddr: sized("sock", "__sk_common.skc_daddr", 4).unwrap_or(u32::MAX),
         sock_v6_saddr: sized("sock", "__sk_common.skc_v6_rcv_saddr", 16).unwrap_or(u32::MAX),
         // Before Linux 6.7 (u32::MAX): the srtt fallback has, for a handshake whose SYN-ACK was
@@ -183,6 +183,8 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         task_comm: task("comm", 16),
         task_tgid: task("tgid", 4),
         task_pid: task("pid", 4),
+        sock_cookie: sized("sock", "__sk_common.skc_cookie", 8).unwrap_or(u32::MAX),
+        _pad: 0,
     })
     .context("reading struct layouts from /sys/kernel/btf/vmlinux")
 }
