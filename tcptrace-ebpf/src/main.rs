@@ -655,9 +655,9 @@ fn sockops_aggregate(
     // A slot holds a waiting SYN until its handshake completes or it grows stale.
     let live = e.ts_ns != 0 && now.saturating_sub(e.ts_ns) < agg::SYN_MAX_AGE_NS;
     let ours = live && e.tag == tag;
-    // (The port's block is a plain load from PORT_CACHE once the port has one.)
-    let pblock = port_block(key.lport);
     if kind == kind::SYN_RECEIVED {
+        // (The port's block is a plain load from PORT_CACHE once the port has one.)
+        let pblock = port_block(key.lport);
         if queues != 0 || sk != 0 {
             port_hist_add(pblock, agg::PORT_ACCEPT_QUEUE, u64::from(queues >> 16));
             port_hist_add(pblock, agg::PORT_SYN_QUEUE, u64::from(queues & 0xffff));
@@ -682,7 +682,7 @@ fn sockops_aggregate(
     e.ts_ns = 0;
     let us = now.saturating_sub(syn_ns) / 1000;
     hist_add(agg::PASSIVE, us);
-    port_hist_add(pblock, agg::PORT_PASSIVE, us);
+    port_hist_add(port_block(key.lport), agg::PORT_PASSIVE, us);
     // The socket's total_retrans from the context: the SYN-ACK retransmits, copied from the
     // request socket.
     let n = unsafe { core::ptr::read_volatile(&raw const (*ops).total_retrans) };

@@ -594,6 +594,14 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The order of `n` configurations in round `round`: turned by one each round, so no
+/// configuration always runs in the same place (in a fixed order, two runs of nearly the same
+/// programs differed by 3-5 points, the first after the no-tracer run the worse); pairs stay
+/// within one round.
+fn turning(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + round) % n)
+}
+
 pub fn overhead(o: &BenchOptions) -> Result<String> {
     let ns = Netns::new()?;
     let stats = BpfStats::enable(o.bpf_stats)?;
@@ -634,11 +642,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
     churn(&ns.path(), o.threads, 2, None)?;
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
     for round in 0..o.rounds {
-        // The order turns by one each round, so no configuration always runs in the same place
-        // (in a fixed order, two runs of nearly the same programs differed by 3-5 points, the
-        // first after the no-tracer run the worse); pairs stay within one round.
-        for k in 0..configs.len() {
-            let i = (k + round) % configs.len();
+        for i in turning(configs.len(), round) {
             let cfg = &configs[i];
             let s = measure(*cfg, &ns.path(), o, None)?;
             eprintln!(
@@ -771,9 +775,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         .collect();
         let mut busy: Vec<Vec<(f64, Sample)>> = vec![Vec::new(); fixed_cfgs.len()];
         for round in 0..o.rounds.min(3) {
-            for k in 0..fixed_cfgs.len() {
-                // Turning order, as above.
-                let i = (k + round) % fixed_cfgs.len();
+            for i in turning(fixed_cfgs.len(), round) {
                 let cfg = &fixed_cfgs[i];
                 let s = measure(*cfg, &ns.path(), o, Some(o.fixed_rate))?;
                 busy[i].push((s.machine_cpu, s));
@@ -827,6 +829,22 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_configuration_takes_every_place() {
+        let n = 4;
+        let rounds: Vec<Vec<usize>> = (0..n).map(|r| turning(n, r).collect()).collect();
+        assert_eq!(rounds[0], [0, 1, 2, 3]);
+        assert_eq!(rounds[1], [1, 2, 3, 0]);
+        for cfg in 0..n {
+            let mut places: Vec<usize> = rounds
+                .iter()
+                .map(|r| r.iter().position(|&c| c == cfg).unwrap())
+                .collect();
+            places.sort();
+            assert_eq!(places, [0, 1, 2, 3], "configuration {cfg}");
+        }
+    }
 
     #[test]
     fn reads_the_tracer_summary() {

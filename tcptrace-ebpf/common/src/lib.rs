@@ -221,7 +221,6 @@ pub struct KernelOffsets {
     /// `struct sock` -> `__sk_common.skc_cookie` (u64; 0 until someone asks for it): read
     /// directly, a helper call is made only for a socket whose cookie is not made yet.
     pub sock_cookie: u32,
-    pub _pad: u32,
 }
 
 /// Everything the kernel programs need to know about this kernel's layouts, handed to them as the

@@ -184,7 +184,6 @@ pub fn kernel_offsets(btf: &KernelBtf) -> anyhow::Result<KernelOffsets> {
         task_tgid: task("tgid", 4),
         task_pid: task("pid", 4),
         sock_cookie: sized("sock", "__sk_common.skc_cookie", 8).unwrap_or(u32::MAX),
-        _pad: 0,
     })
     .context("reading struct layouts from /sys/kernel/btf/vmlinux")
 }
