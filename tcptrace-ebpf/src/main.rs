@@ -1017,6 +1017,16 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         };
         s.port = lport;
         s.pblock = agg::PBLOCK_UNKNOWN;
+        if old == TCP_LISTEN && SETTINGS.get(0) == Some(&1) {
+            // Without sock_ops, the accept queue as this handshake completes (when the kernel
+            // checks it for overflow): the child was just copied from its listener, and
+            // sk_ack_backlog with it.
+            let off = global!(OFFSETS.kernel.sock_ack_backlog);
+            if off != u32::MAX {
+                let queued = sk_field!(sk, sock_ack_backlog, u32);
+                port_hist_add(sock_pblock(s), agg::PORT_ACCEPT_QUEUE, u64::from(queued));
+            }
+        }
     } else if s.since_ns != 0 && i32::from(s.state) == old {
         let us = now.saturating_sub(s.since_ns) / 1000;
         // A listener's time in LISTEN is its lifetime, not a connection's dwell.

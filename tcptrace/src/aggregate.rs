@@ -27,8 +27,9 @@ pub enum PassiveMethod {
     /// server-side handshake, SYN-ACK retransmits included.
     SockOps,
     /// What the kernel notes in the accepted socket at ESTABLISHED (the first SYN-ACK's round
-    /// trip, or the time since it when SYN-ACKs were retransmitted on timeout): used where no
-    /// cgroup v2 is mounted; it starts at the first SYN-ACK, not at the SYN.
+    /// trip, or the time since it when SYN-ACKs were retransmitted on timeout): the default with
+    /// in-kernel aggregation, and where no cgroup v2 is mounted; it starts at the first SYN-ACK,
+    /// not at the SYN.
     Srtt,
 }
 

@@ -229,9 +229,10 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         eprintln!("tcptrace: passive handshakes measured by srtt (SYN-ACK RTT): {note}");
     }
     eprintln!(
-        "tcptrace: attached {} programs ({}); Ctrl-C to stop",
+        "tcptrace: attached {} programs ({}); passive handshakes by {}; Ctrl-C to stop",
         src.attached.len(),
-        src.attached.join(", ")
+        src.attached.join(", "),
+        src.passive_method.name()
     );
     if let Some(m) = &metrics {
         eprintln!("tcptrace: Prometheus metrics at http://{}/metrics", m.addr);

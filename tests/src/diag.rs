@@ -191,6 +191,22 @@ pub fn ss(ns: &Netns) -> Vec<SsSocket> {
     parse_ss(&text)
 }
 
+/// The `ss -tanm` LISTEN line of `port`.
+pub fn ss_listener(ns: &Netns, port: u16) -> SsSocket {
+    let all = ss(ns);
+    let v: Vec<_> = all
+        .iter()
+        .filter(|s| s.state == "LISTEN" && s.local.port() == port)
+        .cloned()
+        .collect();
+    assert_eq!(
+        v.len(),
+        1,
+        "want one LISTEN socket on {port} in ss: {all:#?}"
+    );
+    v[0].clone()
+}
+
 /// Waits (up to 3 s) until every TCP socket in `ns` is listening or in TIME_WAIT: the last
 /// closes of a test's connections land in softirq after its threads return, later on a loaded
 /// machine; a tracer stopped before them would miss them.

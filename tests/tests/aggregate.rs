@@ -367,28 +367,31 @@ fn accepted_connection(a: SocketAddr) -> Accepted {
 
 #[test]
 fn passive_handshake_includes_synack_retransmits() {
-    passive_handshakes_with_one_synack_retransmit("auto", "sock_ops", &[]);
+    // `auto`: sock_ops when streaming, srtt when aggregating in the kernel.
+    passive_handshakes_with_one_synack_retransmit("auto", ["sock_ops", "srtt"], &[]);
 }
 
-/// `--passive-method srtt`, what `auto` falls back to where sock_ops cannot attach: the same
-/// handshakes, timed from what the kernel notes in the accepted socket (the first SYN-ACK's
-/// round trip, or the time since it when it had to be retransmitted). Without TCP timestamps,
-/// where the kernel has no round trip at all for a retransmitted SYN-ACK (srtt_us stays 0).
+/// `--passive-method srtt`, what `auto` uses in the kernel (and when streaming where sock_ops
+/// cannot attach): the same handshakes, timed from what the kernel notes in the accepted socket
+/// (the first SYN-ACK's round trip, or the time since it when it had to be retransmitted).
+/// Without TCP timestamps, where the kernel has no round trip at all for a retransmitted SYN-ACK
+/// (srtt_us stays 0).
 #[test]
 fn srtt_fallback_includes_synack_retransmits() {
     passive_handshakes_with_one_synack_retransmit(
         "srtt",
-        "srtt",
+        ["srtt", "srtt"],
         &[("net.ipv4.tcp_timestamps", "0")],
     );
 }
 
 /// One quick handshake and one whose final ACK is dropped once (a ~1 s SYN-ACK retransmit),
 /// measured with `--passive-method method` by a streaming tracer and an in-kernel one, in a
-/// namespace with `sysctls` set; `shown` is the method the summaries must name.
+/// namespace with `sysctls` set; `shown` is the method the summaries must name (streaming, in
+/// the kernel).
 fn passive_handshakes_with_one_synack_retransmit(
     method: &str,
-    shown: &str,
+    shown: [&str; 2],
     sysctls: &[(&str, &str)],
 ) {
     const SLOW: u16 = 22301; // the client's final handshake ACK is dropped once
@@ -451,8 +454,8 @@ fn passive_handshakes_with_one_synack_retransmit(
         "kernel's retransmit count in the namespace"
     );
 
-    // sock_ops is available here (cgroup v2): `auto` does not fall back to srtt.
-    for run in [&s, &k] {
+    // sock_ops is available here (cgroup v2): streaming, `auto` does not fall back to srtt.
+    for (run, shown) in [(&s, shown[0]), (&k, shown[1])] {
         assert_eq!(
             run["handshake"]["passive_method"],
             Value::from(shown),
@@ -487,7 +490,7 @@ fn passive_handshakes_with_one_synack_retransmit(
     // srtt times a retransmitted SYN-ACK's handshake by the kernel's total_rto_time: whole
     // milliseconds, the difference of two millisecond clocks, so up to 1 ms over (seen: 1012
     // ms for 1011.2 ms between connect() and accept()).
-    let slack = if shown == "srtt" { 1000.0 } else { 0.0 };
+    let slack = if shown[0] == "srtt" { 1000.0 } else { 0.0 };
     assert_between_us(
         &format!("by_port.{SLOW}.handshake_passive"),
         slow_h.max(),

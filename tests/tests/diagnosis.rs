@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tcptrace_tests::diag::{
     array, connect_nonblocking, diagnosis_lines, kernel_counter, listen_with_backlog, listener,
-    own_comm, set_linger_zero, ss, sysctl_get, sysctl_set,
+    own_comm, set_linger_zero, ss, ss_listener, sysctl_get, sysctl_set,
 };
 use tcptrace_tests::outputs::{TempDir, assert_clean_watch, frames, read_summary, watch_stdout};
 use tcptrace_tests::scenario::{STEP_TIMEOUT, accept_timeout};
@@ -101,22 +101,6 @@ fn assert_counters_match(summary: &Value, before: &Counters, after: &Counters) {
             "kernel_counters.{name}: the namespace's {key} rose by {want} over the run; all: {kc:?}"
         );
     }
-}
-
-/// The `ss -tanm` LISTEN line of `port`.
-fn ss_listener(ns: &Netns, port: u16) -> tcptrace_tests::diag::SsSocket {
-    let all = ss(ns);
-    let v: Vec<_> = all
-        .iter()
-        .filter(|s| s.state == "LISTEN" && s.local.port() == port)
-        .cloned()
-        .collect();
-    assert_eq!(
-        v.len(),
-        1,
-        "want one LISTEN socket on {port} in ss: {all:#?}"
-    );
-    v[0].clone()
 }
 
 /// Closes the clients with a RST (SYN_SENT ones just vanish), so none of them sends another

@@ -10,7 +10,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tcptrace_tests::diag::{array, own_comm, settle};
+use tcptrace_tests::diag::{
+    array, listen_with_backlog, listener as listener_of, own_comm, settle, ss_listener,
+};
 use tcptrace_tests::outputs::{
     BUCKET, H, TempDir, assert_between_us, assert_clean_watch, drop_first, hdr_tol_us, hist, int,
     object_keys, read_summary, run_tracer, show, summary_tags,
@@ -154,7 +156,13 @@ fn side_by_side() -> Vec<String> {
     let (ka, ua) = (dir.arg("kernel.json"), dir.arg("user.json"));
     let before = Counters::read(&ns);
     let kt = Tracer::watch(&ns, &ka, &["--aggregate", "kernel"]);
-    let ut = Tracer::watch(&ns, &ua, &["--aggregate", "user"]);
+    // In-kernel aggregation times passive handshakes by srtt unless told otherwise; the
+    // streaming run the same way, so both measure the same thing.
+    let ut = Tracer::watch(
+        &ns,
+        &ua,
+        &["--aggregate", "user", "--passive-method", "srtt"],
+    );
     let held: Vec<Held> = ns.run(|| {
         thread::scope(|s| {
             let hs: Vec<_> = CASES
@@ -402,9 +410,9 @@ fn kernel_port_filter_keeps_only_that_port() {
 }
 
 /// More ports than `--max-ports`: the first ports measured get their rows in the kernel, the
-/// others' measurements are counted in `in_kernel.ports_full` (eight per connection: two queue
-/// lengths at the SYN, the passive handshake, four dwells of the accepted socket, the active
-/// handshake by remote port), and the totals stay whole.
+/// others' measurements are counted in `in_kernel.ports_full` (seven per connection: the accept
+/// queue as the handshake completes, the passive handshake, four dwells of the accepted socket,
+/// the active handshake by remote port), and the totals stay whole.
 #[test]
 fn ports_beyond_max_ports_are_counted_not_lost() {
     const PORTS: [u16; 4] = [22501, 22502, 22503, 22504];
@@ -430,7 +438,7 @@ fn ports_beyond_max_ports_are_counted_not_lost() {
         ["22501", "22502"],
         "handshake.active_by_remote_port; {ctx}"
     );
-    assert_eq!(int(&k, "/in_kernel/ports_full"), 2 * 8, "{ctx}");
+    assert_eq!(int(&k, "/in_kernel/ports_full"), 2 * 7, "{ctx}");
     assert_eq!(int(&k, "/in_kernel/transitions"), 4 * 12, "{ctx}");
     assert_eq!(hist(&k, "/handshake/passive").count, 4, "{ctx}");
     assert_eq!(hist(&k, "/handshake/active").count, 4, "{ctx}");
@@ -449,6 +457,51 @@ fn ports_beyond_max_ports_are_counted_not_lost() {
             );
         }
     }
+}
+
+/// Without sock_ops (in-kernel aggregation's default, `--passive-method srtt`), the accept queue
+/// is sampled as each handshake completes, from the child the kernel has just copied from its
+/// listener: clients that are never accepted, one after another, find 0, 1, 2, ... connections
+/// waiting, and `ss` shows the queue they leave.
+#[test]
+fn accept_queue_is_sampled_as_handshakes_complete() {
+    const PORT: u16 = 22521;
+    const CLIENTS: u64 = 5;
+    let ns = Netns::new();
+    let dir = TempDir::new("in-kernel-accept-queue");
+    let sp = dir.arg("s.json");
+    let t = Tracer::watch(&ns, &sp, &["--aggregate", "kernel"]);
+    let (listener, clients) = ns.run(|| {
+        let l = listen_with_backlog(addr(PORT), 16);
+        let clients: Vec<TcpStream> = (0..CLIENTS)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&addr(PORT), STEP_TIMEOUT).expect("connect");
+                // The final ACK is processed in softirq, maybe after connect() returned.
+                thread::sleep(Duration::from_millis(50));
+                c
+            })
+            .collect();
+        (l, clients)
+    });
+    let queued = ss_listener(&ns, PORT).recv_q;
+    let out = t.stop();
+    drop((clients, listener));
+    assert_clean_watch(&out);
+    let k = read_summary(&dir.file("s.json"));
+    let ctx = format!("summary:\n{k:#}");
+    assert_eq!(queued, CLIENTS, "ss: the accept queue the clients left");
+    assert_eq!(k["handshake"]["passive_method"], "srtt", "{ctx}");
+    let l = listener_of(&k, ns.inode(), PORT);
+    assert_eq!(
+        l["accept_queue_at_syn"],
+        json!({"samples": CLIENTS, "p50": CLIENTS / 2, "p99": CLIENTS - 1, "max": CLIENTS - 1}),
+        "accept_queue_at_syn: 0 to {} waiting as each handshake completed; {ctx}",
+        CLIENTS - 1
+    );
+    assert_eq!(
+        l["syn_queue_at_syn"]["samples"], 0,
+        "no SYN queue samples without sock_ops; {ctx}"
+    );
 }
 
 /// The kernel forgets a socket when it closes, listeners included: with room for 8 sockets,

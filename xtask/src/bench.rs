@@ -6,7 +6,8 @@
 //! ip_local_port_range, tcp_tw_reuse_delay=1 ms). Each worker thread does connect, accept, close,
 //! close in lockstep, which bounds the connections in flight (an overflowing accept queue would
 //! stall connects for 1 s). Rounds interleave the configurations — no tracer, `tcptrace watch`
-//! (in-kernel aggregation; also with `--passive-method srtt`, which needs no sock_ops program),
+//! (in-kernel aggregation; also with `--passive-method sock-ops`, which times handshakes from the
+//! SYN with a sock_ops program),
 //! `tcptrace watch --aggregate user`,
 //! `tcptrace events --json > /dev/null`, and bpftrace keeping per-state dwell histograms in the
 //! kernel (where installed) — and each configuration is compared with the same round's no-tracer
@@ -240,7 +241,7 @@ enum Config {
     None,
     Watch,
     WatchCompare,
-    WatchSrtt,
+    WatchSockOps,
     WatchStream,
     EventsJson,
     EventsJsonCompare,
@@ -254,7 +255,7 @@ impl Config {
             Config::None => "none",
             Config::Watch => "watch",
             Config::WatchCompare => "watch-compare",
-            Config::WatchSrtt => "watch-srtt",
+            Config::WatchSockOps => "watch-sockops",
             Config::WatchStream => "watch-stream",
             Config::EventsJson => "events-json",
             Config::EventsJsonCompare => "events-json-compare",
@@ -267,7 +268,7 @@ impl Config {
             Config::None => "no tracer",
             Config::Watch => "tcptrace watch (in-kernel aggregation)",
             Config::WatchCompare => "--compare binary: watch",
-            Config::WatchSrtt => "tcptrace watch --passive-method srtt (no sock_ops)",
+            Config::WatchSockOps => "tcptrace watch --passive-method sock-ops",
             Config::WatchStream => "tcptrace watch --aggregate user",
             Config::EventsJson => "tcptrace events --json > /dev/null",
             Config::EventsJsonCompare => "--compare binary: events --json > /dev/null",
@@ -351,9 +352,9 @@ fn start_tracer(cfg: Config, tracer: &Path, compare: Option<&Path>) -> Result<Op
             c.args(["watch", "--interval", "1s"]);
             c
         }
-        Config::WatchSrtt => {
+        Config::WatchSockOps => {
             let mut c = Command::new(tracer);
-            c.args(["watch", "--interval", "1s", "--passive-method", "srtt"]);
+            c.args(["watch", "--interval", "1s", "--passive-method", "sock-ops"]);
             c
         }
         Config::WatchStream => {
@@ -610,7 +611,11 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
     if o.compare.is_some() {
         configs.push(Config::WatchCompare);
     }
-    configs.extend([Config::WatchSrtt, Config::WatchStream, Config::EventsJson]);
+    configs.extend([
+        Config::WatchSockOps,
+        Config::WatchStream,
+        Config::EventsJson,
+    ]);
     if o.compare.is_some() {
         configs.push(Config::EventsJsonCompare);
     }
@@ -766,7 +771,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
             Config::None,
             Config::Watch,
             Config::WatchCompare,
-            Config::WatchSrtt,
+            Config::WatchSockOps,
             Config::EventsJson,
             Config::EventsJsonCompare,
         ]

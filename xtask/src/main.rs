@@ -99,7 +99,7 @@ enum Cmd {
         #[arg(long)]
         aggregator_only: bool,
         /// Overhead runs of only these configurations (and the no-tracer baseline; the
-        /// aggregator benchmark is skipped): none, watch, watch-srtt, watch-stream, events-json,
+        /// aggregator benchmark is skipped): none, watch, watch-sockops, watch-stream, events-json,
         /// bpftrace, and with --compare watch-compare, events-json-compare
         #[arg(long, value_name = "CONFIG", value_delimiter = ',')]
         only: Vec<String>,

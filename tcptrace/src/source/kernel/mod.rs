@@ -45,7 +45,8 @@ pub const AGG_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How to measure passive (server-side) handshakes; see [`PassiveMethod`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PassiveChoice {
-    /// sock_ops on the cgroup v2 root if it can attach, else srtt.
+    /// In-kernel aggregation: srtt (a third of the kernel time sock_ops costs). Streaming:
+    /// sock_ops on the cgroup v2 root if it can attach (each SYN is an event), else srtt.
     #[default]
     Auto,
     /// sock_ops only (fail if it cannot attach).
@@ -366,7 +367,10 @@ impl KernelSource {
         } else {
             let fields = [
                 ("inet_sock.inet_sport", layout.kernel.inet_sport),
-                ("sock.__sk_common.skc_rcv_saddr", layout.kernel.sock_rcv_saddr),
+                (
+                    "sock.__sk_common.skc_rcv_saddr",
+                    layout.kernel.sock_rcv_saddr,
+                ),
                 ("sock.__sk_common.skc_daddr", layout.kernel.sock_daddr),
                 (
                     "sock.__sk_common.skc_v6_rcv_saddr",
@@ -427,12 +431,12 @@ impl KernelSource {
 
         let (passive_method, passive_note) =
             attach_passive(&mut ebpf, &mut btf, opts.passive, aggregating)?;
-        attached.push(match (passive_method, aggregating) {
-            (PassiveMethod::SockOps, _) => "tcp_sockops",
-            (PassiveMethod::Srtt, false) => "passive_rtt",
+        match (passive_method, aggregating) {
+            (PassiveMethod::SockOps, _) => attached.push("tcp_sockops"),
+            (PassiveMethod::Srtt, false) => attached.push("passive_rtt"),
             // state_agg reads srtt itself.
-            (PassiveMethod::Srtt, true) => "state_agg (srtt)",
-        });
+            (PassiveMethod::Srtt, true) => {}
+        }
         if aggregating && passive_method == PassiveMethod::Srtt {
             let mut settings: Array<_, u32> = Array::try_from(
                 ebpf.map_mut("SETTINGS")
@@ -576,7 +580,11 @@ fn attach_passive(
     choice: PassiveChoice,
     aggregating: bool,
 ) -> anyhow::Result<(PassiveMethod, Option<String>)> {
-    let sock_ops_error = if choice == PassiveChoice::Srtt {
+    // Aggregating, sock_ops' nine callbacks per connection (two of which do any work) are a
+    // third of the kernel time; srtt times the same handshake from its first SYN-ACK, µs after
+    // the SYN, and state_agg takes the accept queue from the child (see `state_agg`).
+    let srtt = choice == PassiveChoice::Srtt || (choice == PassiveChoice::Auto && aggregating);
+    let sock_ops_error = if srtt {
         None
     } else {
         match attach_sock_ops(ebpf) {
