@@ -229,10 +229,12 @@ fn churn_loop(
     r
 }
 
-/// A fast churn needs ephemeral ports back quickly: TIME_WAIT reuse and the widest range.
+/// A fast churn needs ephemeral ports back quickly: TIME_WAIT reuse and a wide range, above
+/// this file's listening ports (all below 25000): with 1024-65535, a client's ephemeral port
+/// once took a port a listener bound after it (EADDRINUSE).
 fn churn_sysctls(ns: &Netns) {
     sysctl_set(ns, "net.ipv4.tcp_tw_reuse", "1");
-    sysctl_set(ns, "net.ipv4.ip_local_port_range", "1024 65535");
+    sysctl_set(ns, "net.ipv4.ip_local_port_range", "25000 65535");
 }
 
 // ---------------------------------------------------------------------------------------------
