@@ -159,7 +159,7 @@ pub struct CommonArgs {
 
     /// How to measure server-side handshakes: sock-ops (SYN arrival to ESTABLISHED, through a
     /// sock_ops program on the cgroup v2 root; also the accept and SYN queue lengths at each SYN;
-    /// costs a third more kernel time per connection), srtt (what the kernel notes in the
+    /// costs ~45 % more kernel time per connection), srtt (what the kernel notes in the
     /// accepted socket: the first SYN-ACK's round trip, or the time since it when SYN-ACKs were
     /// retransmitted; with in-kernel aggregation also the accept queue as each handshake
     /// completes), or auto (srtt with in-kernel aggregation; sock-ops, else srtt, when streaming).

@@ -45,7 +45,7 @@ pub const AGG_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How to measure passive (server-side) handshakes; see [`PassiveMethod`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PassiveChoice {
-    /// In-kernel aggregation: srtt (a third of the kernel time sock_ops costs). Streaming:
+    /// In-kernel aggregation: srtt (sock_ops would add ~45 % to its kernel time). Streaming:
     /// sock_ops on the cgroup v2 root if it can attach (each SYN is an event), else srtt.
     #[default]
     Auto,
