@@ -114,7 +114,8 @@ fn kernel_and_user_aggregation_agree_side_by_side() {
     // The pairs of values are compared once more, on new connections, if they differ: the host
     // can stop this VM's CPU between the two tracers' programs (steal time), which once made
     // the second one's clock read 118 µs later than the first's (in 8 other runs here no value
-    // was more than 4 µs beyond a bucket's width). An error of tcptrace's own shows up both times.
+    // was more than 4 µs beyond a bucket's width). So are runs where the kernel left a state
+    // change unreported (see `side_by_side`). An error of tcptrace's own shows up both times.
     let first = side_by_side();
     if first.is_empty() {
         return;
@@ -133,7 +134,8 @@ fn kernel_and_user_aggregation_agree_side_by_side() {
 }
 
 /// One run of [`kernel_and_user_aggregation_agree_side_by_side`]: panics on anything wrong but
-/// the folded values against the streamed ones, which it returns (with both summaries).
+/// the folded values against the streamed ones and totals both runs agree on but fall short of,
+/// which it returns (with both summaries).
 fn side_by_side() -> Vec<String> {
     const N: usize = 5;
     // (port, ms the client holds ESTABLISHED, ms the server holds CLOSE_WAIT); the first SYN
@@ -224,13 +226,22 @@ fn side_by_side() -> Vec<String> {
     ] {
         assert_eq!(int(&k, ptr), int(&u, ptr), "{ptr}: kernel vs. user; {ctx}");
     }
-    for (ptr, want) in [
+    // The kernel itself once in ~100 runs reports a client's ESTABLISHED -> FIN_WAIT1 and
+    // nothing after it, though the socket ends in TIME_WAIT (an independent bpftrace script on
+    // the same tracepoint saw the same; Linux 6.18): both tracers then agree on one close
+    // fewer. That is not theirs to see, so such a run is retried like differing values.
+    let short: Vec<String> = [
         ("/connections/active_opens", CONNS),
         ("/connections/passive_opens", CONNS),
         ("/connections/closed", 2 * CONNS),
         ("/retransmits/syn", N),
-    ] {
-        assert_eq!(int(&k, ptr), want as u64, "{ptr}; {ctx}");
+    ]
+    .into_iter()
+    .filter(|&(ptr, want)| int(&k, ptr) != want as u64)
+    .map(|(ptr, want)| format!("{ptr}: {} in both runs, want {want}", int(&k, ptr)))
+    .collect();
+    if !short.is_empty() {
+        return [short, vec![ctx]].concat();
     }
     let by_retrans = json!({ "0": CONNS - N, "1": N });
     assert_eq!(
