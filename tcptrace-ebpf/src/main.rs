@@ -117,9 +117,16 @@ static PORT_CACHE: Array<[u16; 4]> = Array::with_max_entries(1 << 14, 0);
 static SYNS: Array<SynSlot> = Array::with_max_entries(65536, 0);
 
 /// Aggregation mode, set by the loader after attaching: `SETTINGS[0]` = 1 when passive
-/// handshakes come from the srtt estimate (sock_ops could not attach).
+/// handshakes come from the srtt estimate (the default, or sock_ops could not attach).
 #[map]
 static SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Aggregation mode without sock_ops: state_agg times passive handshakes by srtt and samples
+/// the accept queue itself.
+#[inline(always)]
+fn passive_by_srtt() -> bool {
+    SETTINGS.get(0) == Some(&1)
+}
 
 /// `TCP_NEW_SYN_RECV`: the state of a request socket (what a SYN-ACK retransmit belongs to).
 const TCP_NEW_SYN_RECV: u8 = 12;
@@ -1017,7 +1024,7 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         };
         s.port = lport;
         s.pblock = agg::PBLOCK_UNKNOWN;
-        if old == TCP_LISTEN && SETTINGS.get(0) == Some(&1) {
+        if old == TCP_LISTEN && passive_by_srtt() {
             // Without sock_ops, the accept queue as this handshake completes (when the kernel
             // checks it for overflow): the child was just copied from its listener, and
             // sk_ack_backlog with it.
@@ -1045,7 +1052,7 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
         // Older than the run, or a transition the kernel skipped: no dwell to measure.
         bump(counter::UNSEEN);
     }
-    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED && SETTINGS.get(0) == Some(&1) {
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED && passive_by_srtt() {
         let us = u64::from(srtt_handshake_us(sk as u64));
         hist_add(agg::PASSIVE, us);
         // (Not the slot's port: a slot made here, its birth unseen, has none.)

@@ -237,8 +237,10 @@ fn side_by_side() -> Vec<String> {
         ("/retransmits/syn", N),
     ]
     .into_iter()
-    .filter(|&(ptr, want)| int(&k, ptr) != want as u64)
-    .map(|(ptr, want)| format!("{ptr}: {} in both runs, want {want}", int(&k, ptr)))
+    .filter_map(|(ptr, want)| {
+        let got = int(&k, ptr);
+        (got != want as u64).then(|| format!("{ptr}: {got} in both runs, want {want}"))
+    })
     .collect();
     if !short.is_empty() {
         return [short, vec![ctx]].concat();

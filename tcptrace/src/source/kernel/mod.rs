@@ -434,18 +434,17 @@ impl KernelSource {
         match (passive_method, aggregating) {
             (PassiveMethod::SockOps, _) => attached.push("tcp_sockops"),
             (PassiveMethod::Srtt, false) => attached.push("passive_rtt"),
-            // state_agg reads srtt itself.
-            (PassiveMethod::Srtt, true) => {}
-        }
-        if aggregating && passive_method == PassiveMethod::Srtt {
-            let mut settings: Array<_, u32> = Array::try_from(
-                ebpf.map_mut("SETTINGS")
-                    .ok_or_else(|| anyhow!("kernel object has no SETTINGS map (build problem)"))?,
-            )
-            .map_err(|e| anyhow!("map SETTINGS: {e}"))?;
-            settings.set(0, 1, 0).map_err(|e| {
-                anyhow!("telling state_agg to time passive handshakes by srtt: {e}")
-            })?;
+            // state_agg reads srtt itself, once told to.
+            (PassiveMethod::Srtt, true) => {
+                let mut settings: Array<_, u32> =
+                    Array::try_from(ebpf.map_mut("SETTINGS").ok_or_else(|| {
+                        anyhow!("kernel object has no SETTINGS map (build problem)")
+                    })?)
+                    .map_err(|e| anyhow!("map SETTINGS: {e}"))?;
+                settings.set(0, 1, 0).map_err(|e| {
+                    anyhow!("telling state_agg to time passive handshakes by srtt: {e}")
+                })?;
+            }
         }
         let agg = if aggregating {
             Some(aggregates::AggReader::new(&mut ebpf)?)
