@@ -884,6 +884,7 @@ fn bump_retransmits(base: u32, n: u32) {
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_FIN_WAIT1: i32 = 4;
 
 /// A field of the socket behind a tp_btf pointer: a plain load the verifier checks against the
 /// kernel's BTF (no helper call), at a loader-provided offset.
@@ -911,6 +912,38 @@ fn sock_slot(cookie: u64) -> (Option<*mut SockTimes>, Option<*mut SockTimes>) {
         }
     }
     (None, free)
+}
+
+/// Gives `slot` to `cookie`: the cookie, then every other field zero, as four aligned words (a
+/// struct assignment compiled to a call to a byte-by-byte memset).
+#[inline(always)]
+fn claim_slot(slot: *mut SockTimes, cookie: u64) -> *mut SockTimes {
+    let w = slot.cast::<u64>();
+    unsafe {
+        core::ptr::write_volatile(w, cookie);
+        for i in 1..SOCK_TIMES_WORDS {
+            core::ptr::write_volatile(w.add(i), 0);
+        }
+    }
+    slot
+}
+
+/// Of the slots `cookie` may use (all taken), the one whose socket entered FIN_WAIT1 first.
+#[inline(always)]
+fn oldest_fin_wait1(cookie: u64) -> Option<*mut SockTimes> {
+    let mask = global!(CONFIG.socks_mask);
+    let mut oldest = None;
+    let mut oldest_ns = u64::MAX;
+    for i in 0..agg::SOCK_PROBES {
+        if let Some(p) = SOCKS.get_ptr_mut((cookie as u32).wrapping_add(i) & mask) {
+            let (state, since) = unsafe { ((*p).state, (*p).since_ns) };
+            if i32::from(state) == TCP_FIN_WAIT1 && since < oldest_ns {
+                oldest = Some(p);
+                oldest_ns = since;
+            }
+        }
+    }
+    oldest
 }
 
 /// A tp_btf socket's cookie: read from the socket once made (every change after its first),
@@ -991,25 +1024,22 @@ pub fn state_agg(ctx: BtfTracePointContext) -> i32 {
             bump(counter::UNSEEN);
             return 0;
         }
-        (None, Some(free)) => {
-            // The cookie, then every other field zero: four aligned words (a struct assignment
-            // compiled to a call to a byte-by-byte memset).
-            let w = free.cast::<u64>();
-            unsafe {
-                core::ptr::write_volatile(w, cookie);
-                for i in 1..SOCK_TIMES_WORDS {
-                    core::ptr::write_volatile(w.add(i), 0);
-                }
+        (None, Some(free)) => claim_slot(free, cookie),
+        (None, None) if to_close => return 0,
+        (None, None) => match oldest_fin_wait1(cookie) {
+            // Every slot this cookie may use is taken. A socket in FIN_WAIT1 has little of its
+            // life left to measure, and it is the state in which the tracepoint now and then
+            // leaves a socket for good (its exit unreported), which would otherwise hold the
+            // slot until the run ends.
+            Some(p) => {
+                bump(counter::SOCKS_EVICTED);
+                claim_slot(p, cookie)
             }
-            free
-        }
-        (None, None) => {
-            if !to_close {
-                // Every slot this cookie may use holds another live socket.
+            None => {
                 bump(counter::SOCKS_UNTRACKED);
+                return 0;
             }
-            return 0;
-        }
+        },
     };
     let s = unsafe { &mut *st };
     let now = unsafe { bpf_ktime_get_ns() };

@@ -75,6 +75,9 @@ pub struct KernelCounts {
     /// Changes of sockets not tracked because every slot they may use in the bounded socket
     /// table held another live socket (raise --max-sockets).
     pub sockets_untracked: u64,
+    /// Sockets in FIN_WAIT1 that gave their slot in the socket table to a new socket, every
+    /// slot the new one may use being taken; their further changes are counted in `unseen`.
+    pub sockets_evicted: u64,
     /// Samples not broken out per port because the per-port table was full (raise --max-ports).
     pub ports_full: u64,
     /// Waiting SYNs overwritten by another SYN in the same slot of the bounded SYN table
@@ -89,6 +92,7 @@ impl KernelCounts {
         self.transitions += o.transitions;
         self.unseen += o.unseen;
         self.sockets_untracked += o.sockets_untracked;
+        self.sockets_evicted += o.sockets_evicted;
         self.ports_full += o.ports_full;
         self.syns_evicted += o.syns_evicted;
         self.passive_unmatched += o.passive_unmatched;
@@ -119,6 +123,7 @@ impl Folded {
         self.counts.transitions = delta(counter::TRANSITIONS);
         self.counts.unseen = delta(counter::UNSEEN);
         self.counts.sockets_untracked = delta(counter::SOCKS_UNTRACKED);
+        self.counts.sockets_evicted = delta(counter::SOCKS_EVICTED);
         self.counts.ports_full = delta(counter::PORTS_FULL);
         self.counts.syns_evicted = delta(counter::SYNS_EVICTED);
         self.counts.passive_unmatched = delta(counter::PASSIVE_UNMATCHED);

@@ -78,6 +78,9 @@ pub async fn run_live(
     mut tick: impl FnMut(&RunStats) -> anyhow::Result<()>,
 ) -> anyhow::Result<RunStats> {
     let started = Instant::now();
+    // Twice per tick (and fold): a timer as long as the tick would, with its jitter, now and
+    // then find the tick not quite due and skip it.
+    src.pace(tick_every.min(FOLD_INTERVAL) / 2);
     let stop = signals.wait(duration);
     tokio::pin!(stop);
     let mut stats = RunStats::default();

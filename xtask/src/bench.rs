@@ -48,7 +48,7 @@ pub struct BenchOptions {
     pub tracer: PathBuf,
     /// Only these configurations (plus the no-tracer baseline); empty: all.
     pub only: Vec<String>,
-    /// Turn kernel.bpf_stats_enabled on for the run and report each program's cost.
+    /// Also report each program's cost, from extra rounds with kernel.bpf_stats_enabled on.
     pub bpf_stats: bool,
     /// Another tcptrace binary whose `watch` runs side by side (e.g. the previous commit's).
     pub compare: Option<PathBuf>,
@@ -481,7 +481,15 @@ fn parse_summary(stderr: &str) -> (u64, Option<u64>) {
     )
 }
 
-fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Result<Sample> {
+/// One run of the load under `cfg`; with `stats` (bpf_stats is on), also the tracer's programs'
+/// run counts and times.
+fn measure(
+    cfg: Config,
+    ns: &Path,
+    o: &BenchOptions,
+    rate: Option<u64>,
+    stats: bool,
+) -> Result<Sample> {
     let tracer = start_tracer(cfg, &o.tracer, o.compare.as_deref())?;
     let pid = tracer.as_ref().map(|t| t.child.id());
     // Only the load window counts: not the tracer's start-up (BTF, verifier) nor its exit.
@@ -499,7 +507,7 @@ fn measure(cfg: Config, ns: &Path, o: &BenchOptions, rate: Option<u64>) -> Resul
         tracer_cpu,
         machine_cpu: (load1 - load0) / secs * 100.0 + tracer_cpu,
         progs: match pid {
-            Some(pid) if o.bpf_stats => prog_stats(pid),
+            Some(pid) if stats => prog_stats(pid),
             _ => Vec::new(),
         },
         secs,
@@ -556,21 +564,37 @@ fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
     out
 }
 
-/// kernel.bpf_stats_enabled on while it lives (the kernel counts run time only then; it costs
-/// every program two clock reads per run).
+/// `kernel.bpf_stats_enabled`, remembered to be restored on drop. The kernel counts program run
+/// time only while it is on, and that costs every program run two clock reads and a counter
+/// update: ~0.5 µs per connection of ten state changes here, a point and a half of the churn's
+/// throughput. So rounds that measure throughput or CPU always run with it off, and the
+/// per-program figures come from rounds of their own.
 struct BpfStats(Option<String>);
 
 impl BpfStats {
     const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-    fn enable(on: bool) -> Result<BpfStats> {
-        if !on {
-            return Ok(BpfStats(None));
+    /// `needed`: --bpf-stats was asked for, so a kernel without the setting is an error.
+    fn new(needed: bool) -> Result<BpfStats> {
+        match std::fs::read_to_string(Self::PATH) {
+            Ok(before) => Ok(BpfStats(Some(before))),
+            Err(_) if !needed => Ok(BpfStats(None)),
+            Err(e) => Err(e).with_context(|| format!("reading {}", Self::PATH)),
         }
-        let before = std::fs::read_to_string(Self::PATH)
-            .with_context(|| format!("reading {}", Self::PATH))?;
-        std::fs::write(Self::PATH, "1").with_context(|| format!("writing {}", Self::PATH))?;
-        Ok(BpfStats(Some(before)))
+    }
+
+    fn set(&self, on: bool) -> Result<()> {
+        let Some(before) = &self.0 else {
+            return Ok(());
+        };
+        let want = if on { "1" } else { "0" };
+        let now = std::fs::read_to_string(Self::PATH).unwrap_or_else(|_| before.clone());
+        if now.trim() == want {
+            return Ok(());
+        }
+        std::fs::write(Self::PATH, want).with_context(|| {
+            format!("writing {want} to {} (the bench runs as root)", Self::PATH)
+        })
     }
 }
 
@@ -581,6 +605,10 @@ impl Drop for BpfStats {
         }
     }
 }
+
+/// Rounds per configuration with bpf_stats on, for the per-program figures (they vary less
+/// than throughput does).
+const STATS_ROUNDS: usize = 2;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -605,8 +633,10 @@ fn turning(n: usize, round: usize) -> impl Iterator<Item = usize> {
 
 pub fn overhead(o: &BenchOptions) -> Result<String> {
     let ns = Netns::new()?;
-    let stats = BpfStats::enable(o.bpf_stats)?;
+    let stats = BpfStats::new(o.bpf_stats)?;
     undo_on_signal(&ns, &stats);
+    // Throughput is measured without bpf_stats' own cost (see `BpfStats`).
+    stats.set(false)?;
     let mut configs = vec![Config::None, Config::Watch];
     if o.compare.is_some() {
         configs.push(Config::WatchCompare);
@@ -649,7 +679,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
     for round in 0..o.rounds {
         for i in turning(configs.len(), round) {
             let cfg = &configs[i];
-            let s = measure(*cfg, &ns.path(), o, None)?;
+            let s = measure(*cfg, &ns.path(), o, None, false)?;
             eprintln!(
                 "xtask: bench round {} {:<45} {:>9.0} conn/s  tracer cpu {:>5.1}%  events {}  lost {}",
                 round + 1,
@@ -721,19 +751,35 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         ));
     }
     if o.bpf_stats {
-        out.push_str(
-            "\nBPF programs (kernel.bpf_stats_enabled, which itself adds two clock reads per run; medians over the rounds):\n\n| configuration | program | runs per connection | ns per run | ns per connection |\n|---|---|---|---|---|\n",
-        );
+        // Rounds of their own with bpf_stats on: the throughput rounds above ran without it.
+        stats.set(true)?;
+        let mut timed: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
+        for round in 0..STATS_ROUNDS {
+            for i in turning(configs.len(), round) {
+                timed[i].push(measure(configs[i], &ns.path(), o, None, true)?);
+            }
+        }
+        stats.set(false)?;
+        out.push_str(&format!(
+            "\nBPF programs ({STATS_ROUNDS} more rounds with kernel.bpf_stats_enabled on, which itself adds two clock reads per run, included in the times; medians; the throughput rounds above ran with it off):\n\n| configuration | program | runs per connection | ns per run | ns per connection | overhead in these rounds |\n|---|---|---|---|---|---|\n",
+        ));
+        let timed_base: Vec<f64> = timed[0].iter().map(|s| s.rate).collect();
         for (i, cfg) in configs.iter().enumerate() {
-            let mut names: Vec<&str> = samples[i]
+            let mut ov: Vec<f64> = timed[i]
+                .iter()
+                .zip(&timed_base)
+                .map(|(s, b)| (1.0 - s.rate / b) * 100.0)
+                .collect();
+            let ov = median(&mut ov);
+            let mut names: Vec<&str> = timed[i]
                 .iter()
                 .flat_map(|s| s.progs.iter().map(|p| p.0.as_str()))
                 .collect();
             names.sort_unstable();
             names.dedup();
-            for name in names {
+            for (k, name) in names.into_iter().enumerate() {
                 let per = |f: &dyn Fn(&Sample, u64, u64) -> f64| -> f64 {
-                    let mut v: Vec<f64> = samples[i]
+                    let mut v: Vec<f64> = timed[i]
                         .iter()
                         .filter_map(|s| {
                             let p = s.progs.iter().find(|p| p.0 == name)?;
@@ -746,8 +792,13 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
                 let ns_run = per(&|_, cnt, ns| ns as f64 / cnt.max(1) as f64);
                 let ns_conn = per(&|s, _, ns| ns as f64 / s.connections.max(1) as f64);
                 out.push_str(&format!(
-                    "| {} | {name} | {runs:.2} | {ns_run:.0} | {ns_conn:.0} |\n",
-                    cfg.name()
+                    "| {} | {name} | {runs:.2} | {ns_run:.0} | {ns_conn:.0} | {} |\n",
+                    cfg.name(),
+                    if k == 0 {
+                        format!("{ov:.1} %")
+                    } else {
+                        String::new()
+                    }
                 ));
             }
         }
@@ -756,7 +807,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         // With --bpf-stats: two more columns.
         let (intro, head, rule) = if o.bpf_stats {
             (
-                "; with --bpf-stats also the CPU the tracer's BPF programs took (their run time) and what the tracer's own work adds up to, BPF plus its process, without the noise of the load's own CPU",
+                "; with --bpf-stats also the CPU the tracer's BPF programs took (their run time, from rounds of their own with bpf_stats on, its clock reads included) and what the tracer's own work adds up to, BPF plus its process, without the noise of the load's own CPU",
                 " BPF CPU % | accounted: BPF + tracer, % of the machine |",
                 "---|---|",
             )
@@ -782,9 +833,23 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
         for round in 0..o.rounds.min(3) {
             for i in turning(fixed_cfgs.len(), round) {
                 let cfg = &fixed_cfgs[i];
-                let s = measure(*cfg, &ns.path(), o, Some(o.fixed_rate))?;
+                let s = measure(*cfg, &ns.path(), o, Some(o.fixed_rate), false)?;
                 busy[i].push((s.machine_cpu, s));
             }
+        }
+        // The BPF programs' CPU at this rate, from rounds with bpf_stats on (see `BpfStats`).
+        let mut bpf_cpu: Vec<Vec<f64>> = vec![Vec::new(); fixed_cfgs.len()];
+        if o.bpf_stats {
+            stats.set(true)?;
+            for round in 0..STATS_ROUNDS {
+                for i in turning(fixed_cfgs.len(), round) {
+                    if fixed_cfgs[i] != Config::None {
+                        let s = measure(fixed_cfgs[i], &ns.path(), o, Some(o.fixed_rate), true)?;
+                        bpf_cpu[i].push(s.bpf_cpu());
+                    }
+                }
+            }
+            stats.set(false)?;
         }
         let base: Vec<f64> = busy[0].iter().map(|(p, _)| *p).collect();
         for (i, cfg) in fixed_cfgs.iter().enumerate() {
@@ -802,12 +867,9 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
             } else if *cfg == Config::None {
                 " - | - |".into()
             } else {
-                let mut bpf: Vec<f64> = busy[i].iter().map(|(_, s)| s.bpf_cpu()).collect();
-                let mut sum: Vec<f64> = busy[i]
-                    .iter()
-                    .map(|(_, s)| (s.bpf_cpu() + s.tracer_cpu) / 2.0)
-                    .collect();
-                format!(" {:.2} | {:.2} % |", median(&mut bpf), median(&mut sum))
+                let bpf = median(&mut bpf_cpu[i]);
+                let tracer = median(&mut cpu.clone());
+                format!(" {bpf:.2} | {:.2} % |", (bpf + tracer) / 2.0)
             };
             out.push_str(&format!(
                 "| {} | {:.0} | {:.1} | {} | {} | {} |{accounted}\n",

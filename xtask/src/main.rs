@@ -103,8 +103,9 @@ enum Cmd {
         /// bpftrace, and with --compare watch-compare, events-json-compare
         #[arg(long, value_name = "CONFIG", value_delimiter = ',')]
         only: Vec<String>,
-        /// Also report each BPF program's runs per connection and ns per run
-        /// (kernel.bpf_stats_enabled is on for the run, which slows every program a little)
+        /// Also report each BPF program's runs per connection and ns per run, from extra rounds
+        /// with kernel.bpf_stats_enabled on (it slows every program run, so the throughput
+        /// rounds always run with it off)
         #[arg(long)]
         bpf_stats: bool,
         /// Another tcptrace binary (e.g. built from the previous commit) whose `watch` and

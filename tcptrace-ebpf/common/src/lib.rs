@@ -309,7 +309,10 @@ pub mod counter {
     pub const PASSIVE_RETRANS: u32 = 20;
     /// Buckets per retransmit count: 0..=6 and "7 or more".
     pub const RETRANS_CAP: u32 = 7;
-    pub const COUNT: u32 = 28;
+    /// Sockets that gave their slot to a new socket when every slot its cookie may use was
+    /// taken: the oldest in FIN_WAIT1 among them (see `state_agg`).
+    pub const SOCKS_EVICTED: u32 = 28;
+    pub const COUNT: u32 = 29;
 }
 
 /// In-kernel aggregation: what the kernel keeps so that routine transitions never cross to

@@ -208,11 +208,15 @@ impl MetricsSnapshot {
                 },
                 Family {
                     name: "tcptrace_kernel_unmeasured",
-                    help: "In-kernel aggregation: what was not measured, by reason (socket_untracked, syn_evicted, port_table_full, unseen_start)",
+                    help: "In-kernel aggregation: what was not measured, by reason (socket_untracked, socket_evicted, syn_evicted, port_table_full, unseen_start)",
                     values: vec![
                         (
                             l(&[("reason", "socket_untracked".into())]),
                             k.sockets_untracked,
+                        ),
+                        (
+                            l(&[("reason", "socket_evicted".into())]),
+                            k.sockets_evicted,
                         ),
                         (l(&[("reason", "syn_evicted".into())]), k.syns_evicted),
                         (l(&[("reason", "port_table_full".into())]), k.ports_full),

@@ -164,12 +164,12 @@ pub fn render(
         let _ = writeln!(out, "WARNING: {}", w.chars().take(71).collect::<String>());
     }
     if let Some(k) = &agg.in_kernel {
-        let unmeasured = k.sockets_untracked + k.syns_evicted + k.ports_full;
+        let unmeasured = k.sockets_untracked + k.sockets_evicted + k.syns_evicted + k.ports_full;
         if unmeasured > 0 {
             let _ = writeln!(
                 out,
-                "WARNING: in kernel: {} untracked, {} SYNs evicted, {} port-table full",
-                k.sockets_untracked, k.syns_evicted, k.ports_full
+                "WARNING: in kernel: {} untracked, {} evicted, {} SYNs evicted, {} port-table full",
+                k.sockets_untracked, k.sockets_evicted, k.syns_evicted, k.ports_full
             );
         }
     }

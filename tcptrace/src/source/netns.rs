@@ -67,13 +67,22 @@ pub fn find(inode: u32) -> anyhow::Result<NetnsTarget> {
         .ok_or_else(|| anyhow!("no network namespace with inode {inode} is in use"))
 }
 
-/// Runs `f` on a fresh thread that has joined the namespace at `path`.
+/// Runs `f` on a fresh thread that has joined `target`. Fails if its path now opens another
+/// namespace (a /proc/PID path whose process exited and whose PID was reused).
 pub fn run_in<T: Send + 'static>(
-    path: &Path,
+    target: &NetnsTarget,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
+    let path = &target.path;
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let shown = path.display().to_string();
+    let opened = file.metadata().map(|m| m.ino()).ok();
+    if opened != Some(u64::from(target.inode)) {
+        bail!(
+            "{shown} is no longer network namespace {} (its process exited)",
+            target.inode
+        );
+    }
     std::thread::Builder::new()
         .name("tcptrace-netns".into())
         .spawn(move || {
@@ -82,8 +91,7 @@ pub fn run_in<T: Send + 'static>(
             let here = std::fs::metadata("/proc/thread-self/ns/net")
                 .map(|m| m.ino())
                 .ok();
-            let there = file.metadata().map(|m| m.ino()).ok();
-            if here.is_some() && here == there {
+            if here.is_some() && here == opened {
                 return f();
             }
             // SAFETY: setns on this thread only, with a valid namespace fd.
@@ -110,10 +118,17 @@ mod tests {
         let all = all_namespaces();
         assert!(all.iter().any(|t| t.inode == own));
         assert_eq!(find(own).unwrap().inode, own);
-        let seen = run_in(&find(own).unwrap().path, move || {
+        let seen = run_in(&find(own).unwrap(), move || {
             Ok(inode_of(Path::new("/proc/thread-self/ns/net")))
         })
         .unwrap();
         assert_eq!(seen, Some(own));
+        // A path that opens another namespace than the one it was found for is refused.
+        let moved = NetnsTarget {
+            inode: own.wrapping_add(1),
+            path: PathBuf::from("/proc/self/ns/net"),
+        };
+        let e = run_in(&moved, || Ok(())).unwrap_err();
+        assert!(e.to_string().contains("no longer"), "{e}");
     }
 }

@@ -15,9 +15,15 @@ use crate::{
 pub enum Targets {
     /// One namespace (from --netns).
     One(netns::NetnsTarget),
-    /// Every namespace in use, looked up again at each poll.
+    /// Every namespace in use, looked up again every [`RESCAN_EVERY`] polls.
     All,
 }
+
+/// Every how many polls `Targets::All` scans /proc again (and at the next poll after a
+/// namespace's path stopped opening it). The scan stats every process's ns/net: with ~90
+/// processes it was a fifth of an idle `watch`'s CPU, and hosts run thousands. A namespace
+/// made meanwhile is polled within 10 s with the defaults.
+pub const RESCAN_EVERY: u64 = 5;
 
 impl Targets {
     fn list(&self) -> Vec<netns::NetnsTarget> {
@@ -84,7 +90,7 @@ pub fn closing_every(poll_interval: Duration, close_wait_threshold: Duration) ->
 
 fn poll_one(t: &netns::NetnsTarget, dump: Dump) -> anyhow::Result<Snapshot> {
     let inode = t.inode;
-    netns::run_in(&t.path, move || {
+    netns::run_in(t, move || {
         let ts_ns = monotonic_now_ns();
         Ok(Snapshot {
             ts_ns,
@@ -103,23 +109,36 @@ fn poll_one(t: &netns::NetnsTarget, dump: Dump) -> anyhow::Result<Snapshot> {
 /// could be polled (e.g. after --user dropped the capabilities setns needs), so that it is
 /// reported rather than silently leaving diagnosis without snapshots.
 pub fn poll(targets: &Targets, dump: Dump) -> anyhow::Result<Vec<Snapshot>> {
+    poll_these(targets, &targets.list(), dump).0
+}
+
+/// `poll` over `list`, the targets' namespaces as last looked up; also whether one of them could
+/// not be polled (vanished, or its path now opens another namespace).
+fn poll_these(
+    targets: &Targets,
+    list: &[netns::NetnsTarget],
+    dump: Dump,
+) -> (anyhow::Result<Vec<Snapshot>>, bool) {
     let mut out = Vec::new();
     let mut first_error = None;
-    for t in targets.list() {
-        match poll_one(&t, dump) {
+    let mut failed = false;
+    for t in list {
+        match poll_one(t, dump) {
             Ok(s) => out.push(s),
-            Err(e) if matches!(targets, Targets::One(_)) => return Err(e),
+            Err(e) if matches!(targets, Targets::One(_)) => return (Err(e), true),
             Err(e) => {
+                failed = true;
                 first_error.get_or_insert(e);
             }
         }
     }
-    match first_error {
+    let r = match first_error {
         Some(e) if out.is_empty() => Err(e.context(
             "no network namespace could be polled: listener, leak and TIME_WAIT diagnosis is off (after --user, tcptrace can no longer enter other namespaces: run without --user to keep it)",
         )),
         _ => Ok(out),
-    }
+    };
+    (r, failed)
 }
 
 pub struct Poller {
@@ -137,8 +156,15 @@ impl Poller {
         let handle = std::thread::Builder::new()
             .name("tcptrace-poll".into())
             .spawn(move || {
+                let mut list = Vec::new();
+                let mut rescan = true;
                 for n in 0u64.. {
-                    if tx.send(poll(&targets, dump_for(n, closing_every))).is_err() {
+                    if rescan || n.is_multiple_of(RESCAN_EVERY) {
+                        list = targets.list();
+                    }
+                    let (r, failed) = poll_these(&targets, &list, dump_for(n, closing_every));
+                    rescan = failed;
+                    if tx.send(r).is_err() {
                         return;
                     }
                     match stop_rx.recv_timeout(every) {

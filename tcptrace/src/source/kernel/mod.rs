@@ -38,8 +38,7 @@ use crate::{
 
 /// How often the reader drains the ring buffer when the kernel has not woken it.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
-/// The same in aggregation mode, where only the rare retransmits and resets cross the ring
-/// buffer (a quarter-full ring still wakes the reader at once): a quarter of the wake-ups.
+/// The same in aggregation mode until [`KernelSource::pace`] sets it from the caller's tick.
 pub const AGG_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How to measure passive (server-side) handshakes; see [`PassiveMethod`].
@@ -491,6 +490,17 @@ impl KernelSource {
             state_note,
             retransmit_note,
         })
+    }
+
+    /// Aggregation mode: drains on the timer only every `every`. Only the rare retransmits and
+    /// resets cross the ring buffer there (a quarter-full ring still wakes the reader at once),
+    /// so waking ten times a second was most of what an idle `watch` cost.
+    pub fn pace(&mut self, every: Duration) {
+        if self.agg.is_some() {
+            let mut tick = tokio::time::interval(every.max(DRAIN_INTERVAL));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            self.tick = tick;
+        }
     }
 
     /// Sleeps until there is something to drain: a kernel wake-up or the drain timer.
