@@ -55,6 +55,55 @@ impl Default for HealthConfig {
     }
 }
 
+/// What `tcp_tw_reuse` does for a connect() that finds its local ports in TIME_WAIT: with TCP
+/// timestamps on, it may take over a TIME_WAIT socket older than `tcp_tw_reuse_delay` (1 s
+/// before Linux 6.14); `1` allows it towards any destination, `2` (the default) only over
+/// loopback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TwReuse {
+    reuse: u8,
+    timestamps: bool,
+    delay_ms: u64,
+}
+
+impl TwReuse {
+    fn from_sysctls(sysctls: &BTreeMap<&'static str, String>) -> TwReuse {
+        let num = |k: &str, default: u64| {
+            sysctls
+                .get(k)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        TwReuse {
+            reuse: num("net.ipv4.tcp_tw_reuse", 2).min(2) as u8,
+            timestamps: num("net.ipv4.tcp_timestamps", 1) != 0,
+            delay_ms: num("net.ipv4.tcp_tw_reuse_delay", 1000),
+        }
+    }
+
+    /// `what` (ports in TIME_WAIT towards `raddr`) and what it means for new connections.
+    fn explain(self, what: &str, raddr: &str, size: u64) -> String {
+        let loopback = raddr
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.to_canonical().is_loopback());
+        let applies = self.reuse == 1 || (self.reuse == 2 && loopback);
+        match (applies, self.timestamps) {
+            (true, true) => format!(
+                "{what}: tcp_tw_reuse={} lets connect() take over those older than {} ms (tcp_timestamps is on), so new connections there fail with EADDRNOTAVAIL only past {size} per {} ms; reusing connections would still save their handshakes",
+                self.reuse, self.delay_ms, self.delay_ms
+            ),
+            (true, false) => format!(
+                "{what}: new connections there will fail with EADDRNOTAVAIL; tcp_tw_reuse={} would let connect() take over TIME_WAIT ports but needs net.ipv4.tcp_timestamps, which is 0; reuse connections, turn timestamps on, or widen the range",
+                self.reuse
+            ),
+            (false, _) => format!(
+                "{what}: new connections there will fail with EADDRNOTAVAIL; reuse connections, set net.ipv4.tcp_tw_reuse=1 (tcp_tw_reuse={} does not cover this destination), or widen the range",
+                self.reuse
+            ),
+        }
+    }
+}
+
 /// A connection: network namespace inode, local and remote ends.
 pub type Key = (u32, SocketAddr, SocketAddr);
 
@@ -621,12 +670,14 @@ impl Health {
         let mut exhaustion = Vec::new();
         if let Some((lo, hi)) = range {
             let size = hi.saturating_sub(lo) + 1;
+            let reuse = TwReuse::from_sysctls(&self.sysctls);
             for r in &v {
                 if r.count as f64 >= size as f64 * self.cfg.port_exhaustion_ratio {
-                    exhaustion.push(format!(
-                        "{} of {size} local ports (ip_local_port_range {lo} {hi}) are in TIME_WAIT towards {}:{}: new connections there will fail with EADDRNOTAVAIL; reuse connections, enable net.ipv4.tcp_tw_reuse, or widen the range",
+                    let what = format!(
+                        "{} of {size} local ports (ip_local_port_range {lo} {hi}) are in TIME_WAIT towards {}:{}",
                         r.count, r.raddr, r.rport
-                    ));
+                    );
+                    exhaustion.push(reuse.explain(&what, &r.raddr, size));
                 }
             }
         }
@@ -889,6 +940,46 @@ mod tests {
         assert_eq!(tw.count, 9);
         assert_eq!(tw.by_remote[0].count, 9);
         assert_eq!(tw.port_exhaustion.len(), 1, "9 of 10 ports");
+        // tcp_tw_reuse absent (read as its default, 2: loopback only), remote 10.0.0.9.
+        let w = &tw.port_exhaustion[0];
+        assert!(w.starts_with("9 of 10 local ports (ip_local_port_range 32768 32777) are in TIME_WAIT towards 10.0.0.9:80: new connections there will fail"), "{w}");
+        assert!(w.contains("set net.ipv4.tcp_tw_reuse=1 (tcp_tw_reuse=2 does not cover"), "{w}");
+    }
+
+    #[test]
+    fn port_exhaustion_says_what_tcp_tw_reuse_does() {
+        let explain = |reuse: &str, ts: &str, delay: Option<&str>, raddr: &str| {
+            let mut sysctls = BTreeMap::from([
+                ("net.ipv4.tcp_tw_reuse", reuse.to_string()),
+                ("net.ipv4.tcp_timestamps", ts.to_string()),
+            ]);
+            if let Some(d) = delay {
+                sysctls.insert("net.ipv4.tcp_tw_reuse_delay", d.to_string());
+            }
+            TwReuse::from_sysctls(&sysctls).explain("N ports", raddr, 64512)
+        };
+        // Reuse on everywhere, timestamps on: connects fail only past the range per delay.
+        let w = explain("1", "1", Some("1"), "10.0.0.9");
+        assert!(
+            w.contains("tcp_tw_reuse=1 lets connect() take over those older than 1 ms")
+                && w.contains("only past 64512 per 1 ms"),
+            "{w}"
+        );
+        // Before 6.14 there is no delay sysctl: 1 s.
+        let w = explain("1", "2", None, "10.0.0.9");
+        assert!(w.contains("older than 1000 ms"), "{w}");
+        // The default 2 covers loopback destinations only, IPv4-mapped ones included.
+        for lo in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let w = explain("2", "1", None, lo);
+            assert!(w.contains("tcp_tw_reuse=2 lets connect()"), "{lo}: {w}");
+        }
+        let w = explain("2", "1", None, "192.0.2.1");
+        assert!(w.contains("will fail with EADDRNOTAVAIL") && w.contains("does not cover"), "{w}");
+        let w = explain("0", "1", None, "127.0.0.1");
+        assert!(w.contains("set net.ipv4.tcp_tw_reuse=1 (tcp_tw_reuse=0"), "{w}");
+        // Reuse without timestamps does nothing.
+        let w = explain("1", "0", None, "10.0.0.9");
+        assert!(w.contains("needs net.ipv4.tcp_timestamps, which is 0"), "{w}");
     }
 
     #[test]

@@ -920,6 +920,86 @@ fn refused_connection_resets_by_state_and_diagnosis() {
     );
 }
 
+/// A local port range of 10, every port in TIME_WAIT towards one listener: with tcp_tw_reuse=0
+/// the next connect() fails with EADDRNOTAVAIL and the tracer says so and names the sysctl; with
+/// tcp_tw_reuse=1 (and a 1 ms reuse delay) the next connect() succeeds and the tracer says
+/// why instead of predicting a failure.
+#[test]
+fn port_exhaustion_is_judged_by_tcp_tw_reuse() {
+    const PORT: u16 = 23420;
+    const PORTS: usize = 10;
+    for reuse in ["0", "1"] {
+        let ns = Netns::new();
+        sysctl_set(&ns, "net.ipv4.ip_local_port_range", "40000 40009");
+        sysctl_set(&ns, "net.ipv4.tcp_tw_reuse", reuse);
+        sysctl_set(&ns, "net.ipv4.tcp_tw_reuse_delay", "1");
+        let dir = TempDir::new("diag-tw-reuse");
+        let tracer = start_tracer(View::Events, &ns, &dir, &[]);
+        thread::sleep(FIRST_SNAPSHOT);
+        let a = addr(PORT);
+        // One at a time and in order (see time_wait_sockets_are_counted_by_remote).
+        let next = ns.run(move || {
+            let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+            for _ in 0..PORTS {
+                let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
+                    .unwrap_or_else(|e| panic!("connect {a}: {e}"));
+                let (mut srv, _) = accept_timeout(&l, STEP_TIMEOUT);
+                drop(c);
+                srv.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+                let mut buf = Vec::new();
+                srv.read_to_end(&mut buf).expect("server read to EOF");
+                drop(srv);
+            }
+            thread::sleep(Duration::from_millis(20));
+            TcpStream::connect_timeout(&a, STEP_TIMEOUT).map(|c| c.local_addr().unwrap())
+        });
+        // A poll that dumps TIME_WAIT sockets (every fifth) after them.
+        thread::sleep(
+            (tracer.ready_at() + POLL * 5 + Duration::from_millis(900))
+                .saturating_duration_since(Instant::now()),
+        );
+        let tw_ss = ss(&ns).iter().filter(|s| s.state == "TIME-WAIT").count();
+        let out = tracer.stop();
+        out.assert_clean();
+        let s = read_summary(dir.file("summary.json").as_path());
+        let ctx = format!(
+            "tcp_tw_reuse={reuse}; the 11th connect: {next:?}; ss TIME-WAIT {tw_ss}; time_wait: {:#}",
+            s["time_wait"]
+        );
+        let warnings: Vec<&str> = s["time_wait"]["port_exhaustion"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(warnings.len(), 1, "one destination near exhaustion; {ctx}");
+        let w = warnings[0];
+        assert!(
+            w.contains(&format!(
+                "of 10 local ports (ip_local_port_range 40000 40009) are in TIME_WAIT towards 127.0.0.1:{PORT}"
+            )),
+            "{ctx}"
+        );
+        if reuse == "0" {
+            // Ground truth: no port left.
+            let e = next.as_ref().expect_err("connect with every port in TIME_WAIT");
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{ctx}");
+            assert!(
+                w.contains("will fail with EADDRNOTAVAIL")
+                    && w.contains("set net.ipv4.tcp_tw_reuse=1 (tcp_tw_reuse=0"),
+                "{ctx}"
+            );
+        } else {
+            // Ground truth: connect() took over a TIME_WAIT port.
+            let local = next.as_ref().unwrap_or_else(|e| panic!("connect: {e}; {ctx}"));
+            assert!((40000..=40009).contains(&local.port()), "{ctx}");
+            assert!(
+                w.contains("tcp_tw_reuse=1 lets connect() take over those older than 1 ms")
+                    && !w.contains("will fail"),
+                "{ctx}"
+            );
+        }
+    }
+}
+
 #[test]
 fn sysctls_and_backlog_limit_are_read_inside_the_namespace() {
     const PORT: u16 = 23601;

@@ -25,7 +25,8 @@ pub const COUNTERS: [(&str, &str); 15] = [
 ];
 
 /// Sysctls that explain what tcptrace sees (see the README's diagnosis section).
-pub const SYSCTLS: [&str; 10] = [
+/// Recordings name them by position: new ones go at the end.
+pub const SYSCTLS: [&str; 12] = [
     "net.core.somaxconn",
     "net.ipv4.tcp_max_syn_backlog",
     "net.ipv4.tcp_syncookies",
@@ -36,6 +37,9 @@ pub const SYSCTLS: [&str; 10] = [
     "net.ipv4.tcp_tw_reuse",
     "net.ipv4.tcp_max_tw_buckets",
     "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_timestamps",
+    // Linux 6.14 and later; before, 1 s.
+    "net.ipv4.tcp_tw_reuse_delay",
 ];
 
 /// Parses the header/value line pairs of /proc/net/netstat and /proc/net/snmp.
