@@ -566,9 +566,8 @@ fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
 
 /// `kernel.bpf_stats_enabled`, remembered to be restored on drop. The kernel counts program run
 /// time only while it is on, and that costs every program run two clock reads and a counter
-/// update: ~0.5 µs per connection of ten state changes here, a point and a half of the churn's
-/// throughput. So rounds that measure throughput or CPU always run with it off, and the
-/// per-program figures come from rounds of their own.
+/// update, ten times per connection. So rounds that measure throughput or CPU always run with
+/// it off, and the per-program figures come from rounds of their own.
 struct BpfStats(Option<String>);
 
 impl BpfStats {

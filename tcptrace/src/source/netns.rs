@@ -79,7 +79,7 @@ pub fn run_in<T: Send + 'static>(
     let opened = file.metadata().map(|m| m.ino()).ok();
     if opened != Some(u64::from(target.inode)) {
         bail!(
-            "{shown} is no longer network namespace {} (its process exited)",
+            "{shown} no longer opens network namespace {} (its process exited, or it was made anew)",
             target.inode
         );
     }
