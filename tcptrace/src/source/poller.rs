@@ -50,7 +50,12 @@ pub enum Dump {
 impl Dump {
     /// The states a poll asks for: what diagnosis needs, not every socket.
     fn states(self) -> netlink_packet_sock_diag::inet::StateFlags {
-        let mut s = vec![TcpState::Listen];
+        diag::states(&[TcpState::Listen]) | self.walked_states()
+    }
+
+    /// Of those, the states found by walking the established hash (all but LISTEN).
+    fn walked_states(self) -> netlink_packet_sock_diag::inet::StateFlags {
+        let mut s = Vec::new();
         if self != Dump::Listeners {
             s.extend([TcpState::CloseWait, TcpState::FinWait2]);
         }
@@ -97,11 +102,37 @@ fn poll_one(t: &netns::NetnsTarget, dump: Dump) -> anyhow::Result<Snapshot> {
             netns: inode,
             time_wait_counted: dump == Dump::All,
             listeners_only: dump == Dump::Listeners,
-            sockets: diag::dump(dump.states(), true)?,
+            sockets: dump_sockets(dump)?,
             counters: procnet::read_counters()?,
             sysctls: procnet::read_sysctls(),
         })
     })
+}
+
+/// The sockets `dump` asks for, in the calling thread's namespace. Listening sockets come from
+/// the listening hash; the others need a walk of the established hash, which holds every
+/// namespace's sockets: so it is skipped when the namespace's own counts say it would find
+/// nothing (only listeners, no TIME_WAIT), as for most namespaces of a host most of the time.
+fn dump_sockets(dump: Dump) -> anyhow::Result<Vec<diag::DiagSocket>> {
+    let mut sockets = diag::dump(Dump::Listeners.states(), true)?;
+    if dump == Dump::Listeners {
+        return Ok(sockets);
+    }
+    let nothing_else = match procnet::read_sockstat() {
+        Ok((inuse, tw)) => !walk_needed(inuse, tw, sockets.len() as u64),
+        Err(_) => false,
+    };
+    if !nothing_else {
+        // Memory info (the drop counter) is read for listeners only.
+        sockets.extend(diag::dump(dump.walked_states(), false)?);
+    }
+    Ok(sockets)
+}
+
+/// Whether a namespace with `inuse` hashed TCP sockets (listeners included), `tw` in TIME_WAIT
+/// and `listeners` listening has any socket outside the listening hash.
+fn walk_needed(inuse: u64, tw: u64, listeners: u64) -> bool {
+    tw > 0 || inuse > listeners
 }
 
 /// Polls every target once. Namespaces that vanished meanwhile are skipped; errors for the
@@ -223,5 +254,25 @@ mod tests {
         );
         assert!((0..20).all(|n| dump_for(n, 1) != Listeners));
         assert_eq!(Dump::Listeners.states(), diag::states(&[TcpState::Listen]));
+        assert!(Dump::Listeners.walked_states().is_empty());
+        assert_eq!(
+            Dump::All.states(),
+            diag::states(&[
+                TcpState::Listen,
+                TcpState::CloseWait,
+                TcpState::FinWait2,
+                TcpState::TimeWait
+            ])
+        );
+    }
+
+    #[test]
+    fn the_walk_is_skipped_only_when_it_would_find_nothing() {
+        // A host's namespace with one listener and nothing else (this machine's, at rest).
+        assert!(!walk_needed(1, 0, 1));
+        assert!(!walk_needed(0, 0, 0));
+        // A connection, or a TIME_WAIT socket, besides it.
+        assert!(walk_needed(2, 0, 1));
+        assert!(walk_needed(1, 3, 1));
     }
 }

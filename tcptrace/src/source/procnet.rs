@@ -79,6 +79,34 @@ pub fn read_counters() -> anyhow::Result<BTreeMap<&'static str, i64>> {
         .collect())
 }
 
+/// TCP sockets in this namespace: (hashed full sockets of both families, listeners included;
+/// TIME_WAIT sockets), from /proc/net/sockstat and sockstat6, which the kernel keeps per
+/// namespace: two small reads instead of a walk of every namespace's sockets.
+pub fn read_sockstat() -> anyhow::Result<(u64, u64)> {
+    let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat")
+        .context("reading /proc/thread-self/net/sockstat")?;
+    // Without IPv6 there is no sockstat6.
+    let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap_or_default();
+    let (inuse4, tw) = sockstat_fields(&v4, "TCP:");
+    let (inuse6, _) = sockstat_fields(&v6, "TCP6:");
+    Ok((inuse4.unwrap_or(0) + inuse6.unwrap_or(0), tw.unwrap_or(0)))
+}
+
+/// `inuse` and `tw` of the line starting with `tag` (`TCP: inuse 5 orphan 0 tw 2 ...`).
+fn sockstat_fields(text: &str, tag: &str) -> (Option<u64>, Option<u64>) {
+    let Some(line) = text.lines().find_map(|l| l.strip_prefix(tag)) else {
+        return (None, None);
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| {
+        words
+            .chunks(2)
+            .find(|kv| kv[0] == name)
+            .and_then(|kv| kv.get(1)?.parse().ok())
+    };
+    (field("inuse"), field("tw"))
+}
+
 /// The sysctls in [`SYSCTLS`] that exist here, as text (whitespace collapsed).
 pub fn read_sysctls() -> BTreeMap<&'static str, String> {
     SYSCTLS
@@ -102,6 +130,16 @@ mod tests {
         parse_counters(text, &mut m);
         assert_eq!(m["TcpExt.ListenOverflows"], 2);
         assert_eq!(m["IpExt.InNoRoutes"], 9);
+    }
+
+    #[test]
+    fn parses_sockstat() {
+        let v4 = "sockets: used 9\nTCP: inuse 5 orphan 1 tw 7 alloc 9 mem 2\nUDP: inuse 3 mem 0\n";
+        assert_eq!(sockstat_fields(v4, "TCP:"), (Some(5), Some(7)));
+        assert_eq!(sockstat_fields("TCP6: inuse 4\nUDP6: inuse 0\n", "TCP6:"), (Some(4), None));
+        assert_eq!(sockstat_fields("", "TCP6:"), (None, None));
+        let (inuse, _) = read_sockstat().unwrap();
+        let _ = inuse;
     }
 
     #[test]
