@@ -734,6 +734,24 @@ fn live_view_names_the_owner_of_every_leak() {
     );
 }
 
+/// Inside the calling thread's namespace: `n` connections to `a` (accepted by `l`), each client
+/// closing first, so its side ends in TIME_WAIT. One at a time and in order (accept before the
+/// client closes, EOF before the server closes): were the client's last handshake ACK still
+/// queued on another CPU when the server's socket is gone, the listener would answer it with a
+/// RST, which kills the client's TIME_WAIT (RFC 1337) and leaves fewer than `n`.
+fn leave_clients_in_time_wait(l: &TcpListener, a: SocketAddr, n: usize) {
+    for _ in 0..n {
+        let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect {a}: {e}"));
+        let (mut srv, _) = accept_timeout(l, STEP_TIMEOUT);
+        drop(c);
+        srv.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+        let mut buf = Vec::new();
+        srv.read_to_end(&mut buf).expect("server read to EOF");
+        drop(srv);
+    }
+}
+
 #[test]
 fn time_wait_sockets_are_counted_by_remote() {
     const PORT: u16 = 23401;
@@ -746,23 +764,10 @@ fn time_wait_sockets_are_counted_by_remote() {
     let tracer = start_tracer(View::Live, &ns, &dir, &[]);
     thread::sleep(FIRST_SNAPSHOT);
     let a = addr(PORT);
-    // N short connections; the client closes first, so its side ends in TIME_WAIT. One at a
-    // time and in order (accept before the client closes, EOF before the server closes): were
-    // the client's last handshake ACK still queued on another CPU when the server's socket is
-    // gone, the listener would answer it with a RST, which kills the client's TIME_WAIT
-    // (RFC 1337) and makes the ground truth fall short of N.
+    // N short connections; the client closes first, so its side ends in TIME_WAIT.
     ns.run(move || {
         let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
-        for _ in 0..N {
-            let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
-                .unwrap_or_else(|e| panic!("connect {a}: {e}"));
-            let (mut srv, _) = accept_timeout(&l, STEP_TIMEOUT);
-            drop(c);
-            srv.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-            let mut buf = Vec::new();
-            srv.read_to_end(&mut buf).expect("server read to EOF");
-            drop(srv);
-        }
+        leave_clients_in_time_wait(&l, a, N);
     });
     let count_tw = |ns: &Netns| {
         ss(ns)
@@ -937,19 +942,9 @@ fn port_exhaustion_is_judged_by_tcp_tw_reuse() {
         let tracer = start_tracer(View::Events, &ns, &dir, &[]);
         thread::sleep(FIRST_SNAPSHOT);
         let a = addr(PORT);
-        // One at a time and in order (see time_wait_sockets_are_counted_by_remote).
         let next = ns.run(move || {
             let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
-            for _ in 0..PORTS {
-                let c = TcpStream::connect_timeout(&a, STEP_TIMEOUT)
-                    .unwrap_or_else(|e| panic!("connect {a}: {e}"));
-                let (mut srv, _) = accept_timeout(&l, STEP_TIMEOUT);
-                drop(c);
-                srv.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-                let mut buf = Vec::new();
-                srv.read_to_end(&mut buf).expect("server read to EOF");
-                drop(srv);
-            }
+            leave_clients_in_time_wait(&l, a, PORTS);
             thread::sleep(Duration::from_millis(20));
             TcpStream::connect_timeout(&a, STEP_TIMEOUT).map(|c| c.local_addr().unwrap())
         });

@@ -859,6 +859,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
                 .map(|((p, _), b)| (p - b) / 2.0)
                 .collect();
             let mut cpu: Vec<f64> = busy[i].iter().map(|(_, s)| s.tracer_cpu).collect();
+            let tracer = median(&mut cpu);
             let lost: Option<u64> = busy[i].iter().map(|(_, s)| s.lost).sum();
             let mut r: Vec<f64> = busy[i].iter().map(|(_, s)| s.rate).collect();
             let accounted = if !o.bpf_stats {
@@ -867,7 +868,6 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
                 " - | - |".into()
             } else {
                 let bpf = median(&mut bpf_cpu[i]);
-                let tracer = median(&mut cpu.clone());
                 format!(" {bpf:.2} | {:.2} % |", (bpf + tracer) / 2.0)
             };
             out.push_str(&format!(
@@ -883,7 +883,7 @@ pub fn overhead(o: &BenchOptions) -> Result<String> {
                 if *cfg == Config::None {
                     "-".into()
                 } else {
-                    format!("{:.1}", median(&mut cpu))
+                    format!("{tracer:.1}")
                 },
                 lost.map_or("-".to_string(), |l| l.to_string()),
             ));
