@@ -197,7 +197,9 @@ pub struct CommonArgs {
     /// How often to take a sock_diag snapshot in each namespace of interest: listeners' accept
     /// queues and drops and the kernel counters every time; CLOSE_WAIT and FIN_WAIT2 sockets
     /// every time up to every 5th (as --close-wait-threshold allows: finding them walks every
-    /// connection on the host); TIME_WAIT sockets every 5th.
+    /// connection on the host); the TIME_WAIT count every time, the sockets themselves (for
+    /// their breakdown by remote end) every 15th, and at once when the count nears port
+    /// exhaustion.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, global = true)]
     pub poll_interval: Duration,
 

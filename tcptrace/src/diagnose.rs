@@ -24,8 +24,16 @@ pub struct Snapshot {
     /// LISTEN (with drop counters), CLOSE_WAIT, FIN_WAIT2 and, if `time_wait_counted`,
     /// TIME_WAIT sockets; LISTEN only if `listeners_only`.
     pub sockets: Vec<DiagSocket>,
-    /// Whether this poll dumped TIME_WAIT sockets (they are dumped less often).
+    /// Whether this poll dumped TIME_WAIT sockets (the per-remote breakdown is taken less
+    /// often).
     pub time_wait_counted: bool,
+    /// The namespace's TIME_WAIT count from /proc/net/sockstat, read every poll (None in
+    /// recordings made before it was).
+    pub time_wait_total: Option<u64>,
+    /// Whether the poller looked up, by 4-tuple, every socket of the namespace's last walk that
+    /// is no longer in FIN_WAIT2, and put those now in TIME_WAIT in `sockets`: FIN_WAIT2
+    /// timeouts can be judged without the TIME_WAIT dump.
+    pub fin_wait2_resolved: bool,
     /// Whether this poll asked for listening sockets only: the kernel answers those from its
     /// listening hash, without walking every connection; CLOSE_WAIT and FIN_WAIT2 sockets are
     /// then unknown, not gone.
@@ -102,6 +110,15 @@ impl TwReuse {
             ),
         }
     }
+}
+
+/// `net.ipv4.ip_local_port_range` (first, last), from a poll's sysctls.
+pub fn local_port_range(sysctls: &BTreeMap<&'static str, String>) -> Option<(u64, u64)> {
+    let mut it = sysctls
+        .get("net.ipv4.ip_local_port_range")?
+        .split(' ')
+        .filter_map(|x| x.parse::<u64>().ok());
+    Some((it.next()?, it.next()?))
 }
 
 /// A connection: network namespace inode, local and remote ends.
@@ -204,6 +221,8 @@ pub struct Health {
     /// TIME_WAIT sockets per namespace, counted by remote end (a busy host has hundreds of
     /// thousands: only the counts are kept).
     time_wait: BTreeMap<u32, rustc_hash::FxHashMap<SocketAddr, u64>>,
+    /// TIME_WAIT sockets per namespace as of its last poll (sockstat), newer than `time_wait`.
+    time_wait_total: BTreeMap<u32, u64>,
     counters_base: BTreeMap<(u32, &'static str), i64>,
     counters_now: BTreeMap<(u32, &'static str), i64>,
     /// Counter deltas of namespaces that went away (their per-namespace entries are dropped).
@@ -234,6 +253,7 @@ impl Health {
             fin_wait2: HashSet::new(),
             fin_wait2_timeouts: 0,
             time_wait: BTreeMap::new(),
+            time_wait_total: BTreeMap::new(),
             counters_base: BTreeMap::new(),
             counters_now: BTreeMap::new(),
             counters_gone: BTreeMap::new(),
@@ -290,6 +310,7 @@ impl Health {
         for ns in &gone {
             self.netns_seen_ns.remove(ns);
             self.time_wait.remove(ns);
+            self.time_wait_total.remove(ns);
         }
         self.counters_now.retain(|(ns, _), _| !gone.contains(ns));
         self.counters_base.retain(|(ns, _), _| !gone.contains(ns));
@@ -342,6 +363,9 @@ impl Health {
         }
         if self.sysctls.is_empty() {
             self.sysctls = s.sysctls.clone();
+        }
+        if let Some(n) = s.time_wait_total {
+            self.time_wait_total.insert(s.netns, n);
         }
 
         // Listeners.
@@ -442,8 +466,10 @@ impl Health {
             .filter(|d| d.state == TcpState::FinWait2)
             .map(|d| (s.netns, d.local, d.remote))
             .collect();
-        if s.time_wait_counted {
-            // Judged only when TIME_WAIT is known: did the vanished ones become TIME_WAIT?
+        let tw = s.sockets.iter().filter(|d| d.state == TcpState::TimeWait);
+        if s.time_wait_counted || s.fin_wait2_resolved {
+            // Judged only when TIME_WAIT is known (dumped, or the vanished ones looked up): did
+            // the vanished ones become TIME_WAIT?
             let gone: Vec<Key> = self
                 .fin_wait2
                 .iter()
@@ -452,7 +478,6 @@ impl Health {
                 .collect();
             // There can be hundreds of thousands of TIME_WAIT sockets: their 4-tuples are only
             // gathered when a FIN_WAIT2 socket went away, and counted with a fast hash.
-            let tw = s.sockets.iter().filter(|d| d.state == TcpState::TimeWait);
             let tw_set: rustc_hash::FxHashSet<(SocketAddr, SocketAddr)> = if gone.is_empty() {
                 Default::default()
             } else {
@@ -464,6 +489,8 @@ impl Health {
                 }
                 self.fin_wait2.remove(&k);
             }
+        }
+        if s.time_wait_counted {
             let mut by_remote = rustc_hash::FxHashMap::default();
             for d in tw {
                 *by_remote.entry(d.remote).or_default() += 1;
@@ -642,12 +669,17 @@ impl Health {
             .collect()
     }
 
+    /// TIME_WAIT sockets: the count as of the last poll, the breakdown by remote end (and the
+    /// port exhaustion judged from it) as of the last poll that dumped them.
     pub fn time_wait(&self) -> TimeWait {
         let mut by: HashMap<(IpAddr, u16), u64> = HashMap::new();
-        let mut count = 0;
-        for tws in self.time_wait.values() {
+        let mut count: u64 = self.time_wait_total.values().sum();
+        for (ns, tws) in &self.time_wait {
+            let counted = self.time_wait_total.contains_key(ns);
             for (r, n) in tws {
-                count += n;
+                if !counted {
+                    count += n;
+                }
                 *by.entry((r.ip(), r.port())).or_default() += n;
             }
         }
@@ -660,13 +692,7 @@ impl Health {
             })
             .collect();
         v.sort_by(|a, b| b.count.cmp(&a.count).then(a.raddr.cmp(&b.raddr)));
-        let range = self
-            .sysctls
-            .get("net.ipv4.ip_local_port_range")
-            .and_then(|r| {
-                let mut it = r.split(' ').filter_map(|x| x.parse::<u64>().ok());
-                Some((it.next()?, it.next()?))
-            });
+        let range = local_port_range(&self.sysctls);
         let mut exhaustion = Vec::new();
         if let Some((lo, hi)) = range {
             let size = hi.saturating_sub(lo) + 1;
@@ -758,6 +784,7 @@ mod tests {
                 ("net.core.somaxconn", "4096".to_string()),
                 ("net.ipv4.ip_local_port_range", "32768 32777".to_string()),
             ]),
+            ..Snapshot::default()
         }
     }
 
@@ -1008,6 +1035,52 @@ mod tests {
         );
         h.on_snapshot(&snap(S, vec![tw], 0));
         assert_eq!(h.fin_wait2_timeouts, 1);
+
+        // Without the TIME_WAIT dump: the poller looked up the vanished ones by 4-tuple.
+        let walk = |ts, sockets, resolved| Snapshot {
+            time_wait_counted: false,
+            fin_wait2_resolved: resolved,
+            ..snap(ts, sockets, 0)
+        };
+        h.on_snapshot(&walk(2 * S, vec![fw2(3), fw2(4), fw2(5)], true));
+        // Not resolved: nothing judged, the vanished stay tracked.
+        h.on_snapshot(&walk(3 * S, vec![fw2(5)], false));
+        assert_eq!(h.fin_wait2_timeouts, 1);
+        let tw3 = DiagSocket {
+            local: "10.0.0.1:3".parse().unwrap(),
+            ..tw
+        };
+        // 3 became TIME_WAIT, 4 timed out, 5 is still in FIN_WAIT2.
+        h.on_snapshot(&walk(4 * S, vec![fw2(5), tw3], true));
+        assert_eq!(h.fin_wait2_timeouts, 2);
+        // The looked-up TIME_WAIT socket is no breakdown: the last dump's stays.
+        assert_eq!(h.time_wait().by_remote[0].count, 1);
+    }
+
+    #[test]
+    fn time_wait_count_is_the_latest_poll_s_the_breakdown_the_last_dump_s() {
+        let mut h = Health::new(HealthConfig::default());
+        let tw = |p: u16, r: &str| sock(TcpState::TimeWait, &format!("10.0.0.1:{p}"), r, 0, 0, 0, None);
+        let dump = vec![tw(1, "10.0.0.9:80"), tw(2, "10.0.0.9:80"), tw(3, "10.0.0.8:80")];
+        h.on_snapshot(&Snapshot {
+            time_wait_total: Some(3),
+            ..snap(0, dump, 0)
+        });
+        // A later poll counts 9 without dumping them.
+        h.on_snapshot(&Snapshot {
+            time_wait_counted: false,
+            time_wait_total: Some(9),
+            ..snap(S, vec![], 0)
+        });
+        // Another namespace, from a recording without the count: its dump counts.
+        h.on_snapshot(&Snapshot {
+            netns: 8,
+            ..snap(S, vec![tw(4, "10.0.0.9:80")], 0)
+        });
+        let t = h.time_wait();
+        assert_eq!(t.count, 10);
+        let by: Vec<u64> = t.by_remote.iter().map(|r| r.count).collect();
+        assert_eq!(by, [3, 1]);
     }
 
     #[test]

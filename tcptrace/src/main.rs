@@ -262,6 +262,7 @@ async fn live(common: &CommonArgs, args: Option<&EventsArgs>) -> anyhow::Result<
         targets.clone(),
         common.poll_interval,
         poller::closing_every(common.poll_interval, common.close_wait_threshold),
+        health_config(common).port_exhaustion_ratio,
     );
     let mut poll_warned = false;
     let watching = args.is_none();

@@ -780,12 +780,9 @@ fn time_wait_sockets_are_counted_by_remote() {
     while count_tw(&ns) < N && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
-    // Let a poll that dumps TIME_WAIT sockets (the first and every fifth: ~2.5 s after the
-    // ready line) and a frame after it see them.
-    thread::sleep(
-        (tracer.ready_at() + POLL * 5 + Duration::from_millis(900))
-            .saturating_duration_since(Instant::now()),
-    );
+    // Let a poll count them (every poll reads sockstat; the sockets themselves are dumped at
+    // the first poll, every fifteenth and the last) and a frame after it show them.
+    thread::sleep(POLL * 2 + Duration::from_millis(600));
     let out_ss = ns.exec(&["ss", "-tan", "state", "time-wait"]);
     let tw_ss = String::from_utf8_lossy(&out_ss.stdout)
         .lines()
@@ -1087,14 +1084,18 @@ fn fin_wait2_timeouts_are_counted() {
     // 4 s: long enough that ss still sees them in FIN_WAIT2 on a loaded machine.
     sysctl_set(&ns, "net.ipv4.tcp_fin_timeout", "4");
     let dir = TempDir::new("diag-fw2");
-    let tracer = start_tracer(View::Events, &ns, &dir, &[]);
+    // A 3 s threshold: every poll walks for FIN_WAIT2 sockets, while TIME_WAIT is dumped only
+    // at the first poll (and the fifteenth, 7.5 s on): FIN_WAIT2 sockets gone in between are
+    // judged by looking each one up.
+    let tracer = start_tracer(View::Live, &ns, &dir, &["--close-wait-threshold", "3s"]);
     thread::sleep(FIRST_SNAPSHOT);
     let a = addr(PORT);
     // K connections whose server never closes (its clients wait in FIN_WAIT2 until they time
-    // out) and M that close normally (their clients go FIN_WAIT2 -> TIME_WAIT: no timeout).
-    let (server, kept) = ns.run(move || {
+    // out) and M whose server closes once polls have seen its client in FIN_WAIT2 (they go
+    // FIN_WAIT2 -> TIME_WAIT: no timeout).
+    let (server, kept, closing) = ns.run(move || {
         let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
-        let mut kept = Vec::new();
+        let (mut kept, mut closing) = (Vec::new(), Vec::new());
         for (i, (c, mut srv, _)) in connect_pairs(&l, a, K + M).into_iter().enumerate() {
             drop(c);
             if i < K {
@@ -1103,9 +1104,10 @@ fn fin_wait2_timeouts_are_counted() {
                 srv.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
                 let mut buf = Vec::new();
                 srv.read_to_end(&mut buf).expect("server read to EOF");
+                closing.push(srv);
             }
         }
-        (l, kept)
+        (l, kept, closing)
     });
     let count = |ns: &Netns, state: &str| {
         ss(ns)
@@ -1113,29 +1115,45 @@ fn fin_wait2_timeouts_are_counted() {
             .filter(|s| s.state == state && s.peer == a.to_string())
             .count()
     };
-    // The kept clients' FINs may still be in flight (FIN_WAIT1) on a loaded machine.
+    // The clients' FINs may still be in flight (FIN_WAIT1) on a loaded machine.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while count(&ns, "FIN-WAIT-2") < K && Instant::now() < deadline {
+    while count(&ns, "FIN-WAIT-2") < K + M && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
     let fw2_at_start = count(&ns, "FIN-WAIT-2");
-    // Wait (bounded) for the FIN_WAIT2 sockets to time out, then for a poll to notice.
+    thread::sleep(POLL * 2);
+    drop(closing);
+    // Wait (bounded) for the FIN_WAIT2 sockets to time out, then for a poll and a frame.
     let deadline = Instant::now() + Duration::from_secs(10);
     while count(&ns, "FIN-WAIT-2") > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
     let fw2_at_end = count(&ns, "FIN-WAIT-2");
     let tw_at_end = count(&ns, "TIME-WAIT");
-    thread::sleep(POLL + Duration::from_millis(200));
+    thread::sleep(POLL * 2 + Duration::from_millis(600));
     let out = tracer.stop();
     drop(kept);
     drop(server);
-    out.assert_clean();
+    assert_clean_watch(&out);
     let s = read_summary(dir.file("summary.json").as_path());
     assert_eq!(
         (fw2_at_start, fw2_at_end, tw_at_end),
-        (K, 0, M),
-        "ground truth (ss): {K} clients in FIN_WAIT2 that all timed out, {M} in TIME_WAIT"
+        (K + M, 0, M),
+        "ground truth (ss): {} clients in FIN_WAIT2, {K} of them timed out, {M} in TIME_WAIT",
+        K + M
+    );
+    // Live, before the last poll: counted from sockstat and the lookups.
+    let fr = frames(watch_stdout(&out));
+    let last = fr.last().expect("frames");
+    let line = last
+        .iter()
+        .find(|l| l.starts_with("TIME_WAIT "))
+        .unwrap_or_else(|| panic!("no TIME_WAIT line in the last frame:\n{}", last.join("\n")));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        w,
+        ["TIME_WAIT", &M.to_string(), "FIN_WAIT2", "timeouts", &K.to_string()],
+        "the live view, before the last poll"
     );
     assert_eq!(
         s["fin_wait2_timeouts"].as_u64(),

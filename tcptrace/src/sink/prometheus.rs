@@ -251,7 +251,7 @@ impl MetricsSnapshot {
                 },
                 Family {
                     name: "tcptrace_time_wait_sockets",
-                    help: "Sockets in TIME_WAIT at the last poll that counted them",
+                    help: "Sockets in TIME_WAIT at the last poll (per namespace, from /proc/net/sockstat)",
                     values: vec![(vec![], health.time_wait().count as i64)],
                 },
                 Family {

@@ -1,7 +1,7 @@
 //! TCP sockets as netlink sock_diag (INET_DIAG) reports them: what exists right now, including
 //! what the tracepoints never show (TIME_WAIT mini-sockets, sockets older than tcptrace, accept
 //! queue lengths and listener drop counters). Answers for the calling thread's namespace.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, anyhow, bail};
 use std::sync::{Mutex, OnceLock};
@@ -86,12 +86,7 @@ const NLMSG_DONE: u16 = 3;
 /// so each dump walks all of it (every namespace's sockets, TIME_WAIT included) whatever it
 /// returns; asking per family walked it twice.
 pub fn dump(wanted: StateFlags, meminfo: bool) -> anyhow::Result<Vec<DiagSocket>> {
-    let mut socket =
-        Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
-    socket.bind_auto().context("binding the sock_diag socket")?;
-    socket
-        .connect(&netlink_sys::SocketAddr::new(0, 0))
-        .context("connecting the sock_diag socket")?;
+    let socket = open()?;
     let ext = if meminfo {
         ExtensionFlags::SKMEMINFO
     } else {
@@ -116,20 +111,99 @@ pub fn dump(wanted: StateFlags, meminfo: bool) -> anyhow::Result<Vec<DiagSocket>
     }
 }
 
+fn open() -> anyhow::Result<Socket> {
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag netlink socket")?;
+    socket.bind_auto().context("binding the sock_diag socket")?;
+    socket
+        .connect(&netlink_sys::SocketAddr::new(0, 0))
+        .context("connecting the sock_diag socket")?;
+    Ok(socket)
+}
+
+/// Of these connections (local, remote), those in FIN_WAIT2 or TIME_WAIT now, each looked up by
+/// its 4-tuple: a hash lookup in the kernel, where a dump walks every namespace's sockets.
+pub fn closing_among(conns: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<Vec<DiagSocket>> {
+    let mut out = Vec::new();
+    if conns.is_empty() {
+        return Ok(out);
+    }
+    let socket = open()?;
+    let mut rx = Vec::with_capacity(4096);
+    for (local, remote) in conns {
+        socket
+            .send(&exact_request(*local, *remote), 0)
+            .context("sending a sock_diag lookup")?;
+        rx.clear();
+        socket
+            .recv(&mut rx, 0)
+            .context("reading a sock_diag lookup's answer")?;
+        let mut found = Vec::new();
+        match read_answer(&rx, &mut found) {
+            Ok(_) => {}
+            // Gone: not in TIME_WAIT.
+            Err(e) if e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error())
+                == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        // The kernel falls back to a listener on the local port: keep only the connection.
+        out.extend(found.into_iter().filter(|d| {
+            matches!(d.state, TcpState::TimeWait | TcpState::FinWait2)
+                && d.local == *local
+                && d.remote == *remote
+        }));
+    }
+    Ok(out)
+}
+
 /// The dump request: a netlink header and a `struct inet_diag_req` for `AF_UNSPEC`.
 fn compat_request(states: u32, ext: u8) -> Vec<u8> {
+    let mut b = request(NLM_F_REQUEST | NLM_F_DUMP);
+    let req = &mut b[NLMSG_HDR_LEN..];
+    req[0] = 0; // AF_UNSPEC
+    req[3] = ext;
+    req[52..56].copy_from_slice(&states.to_ne_bytes());
+    b
+}
+
+/// A request for the one socket with this 4-tuple (not a dump).
+fn exact_request(local: SocketAddr, remote: SocketAddr) -> Vec<u8> {
+    let mut b = request(NLM_F_REQUEST);
+    let req = &mut b[NLMSG_HDR_LEN..];
+    let (family, src, dst) = match (local.ip(), remote.ip()) {
+        (IpAddr::V4(l), IpAddr::V4(r)) => (libc::AF_INET, l.octets().to_vec(), r.octets().to_vec()),
+        (l, r) => (
+            libc::AF_INET6,
+            to_v6(l).octets().to_vec(),
+            to_v6(r).octets().to_vec(),
+        ),
+    };
+    req[0] = family as u8;
+    req[4..6].copy_from_slice(&local.port().to_be_bytes());
+    req[6..8].copy_from_slice(&remote.port().to_be_bytes());
+    req[8..8 + src.len()].copy_from_slice(&src);
+    req[24..24 + dst.len()].copy_from_slice(&dst);
+    req[52..56].copy_from_slice(&u32::MAX.to_ne_bytes());
+    b
+}
+
+fn to_v6(ip: IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+}
+
+/// A netlink header and a zeroed `struct inet_diag_req` whose socket id has no cookie.
+fn request(flags: u16) -> Vec<u8> {
     let len = NLMSG_HDR_LEN + INET_DIAG_REQ_LEN;
     let mut b = vec![0u8; len];
     let mut hdr = NetlinkBuffer::new(&mut b[..]);
     hdr.set_length(len as u32);
     hdr.set_message_type(TCPDIAG_GETSOCK);
-    hdr.set_flags(NLM_F_REQUEST | NLM_F_DUMP);
-    let req = &mut b[NLMSG_HDR_LEN..];
-    req[0] = 0; // AF_UNSPEC
-    req[3] = ext;
+    hdr.set_flags(flags);
     // The socket id's cookie: INET_DIAG_NOCOOKIE.
-    req[44..52].fill(0xff);
-    req[52..56].copy_from_slice(&states.to_ne_bytes());
+    b[NLMSG_HDR_LEN + 44..NLMSG_HDR_LEN + 52].fill(0xff);
     b
 }
 
@@ -147,10 +221,8 @@ fn read_answer(rx: &[u8], out: &mut Vec<DiagSocket>) -> anyhow::Result<bool> {
                     .payload()
                     .get(..4)
                     .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                bail!(
-                    "sock_diag: the kernel refused the dump: {}",
-                    std::io::Error::from_raw_os_error(-code)
-                );
+                return Err(anyhow::Error::new(std::io::Error::from_raw_os_error(-code))
+                    .context("sock_diag: the kernel refused the request"));
             }
             _ => {
                 let r = InetResponse::parse(msg.payload())
@@ -242,5 +314,33 @@ mod tests {
         assert!(me.send_q > 0, "accept queue limit is reported");
         assert!(me.drops.is_some(), "SKMEMINFO drop counter is reported");
         assert!(me.inode > 0);
+    }
+
+    #[test]
+    fn finds_a_time_wait_socket_by_its_4_tuple() {
+        use std::io::Read;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        let c = std::net::TcpStream::connect(a).unwrap();
+        let local = c.local_addr().unwrap();
+        let (mut srv, _) = l.accept().unwrap();
+        // The client closes first: its side ends in TIME_WAIT once the server closes too.
+        drop(c);
+        srv.read_to_end(&mut Vec::new()).unwrap();
+        drop(srv);
+        let unused: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let found = loop {
+            let found = closing_among(&[(unused, a), (local, a), (a, local)]).unwrap();
+            let settled = found.iter().all(|d| d.state == TcpState::TimeWait);
+            if (!found.is_empty() && settled) || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].state, found[0].local, found[0].remote), (TcpState::TimeWait, local, a));
+        // The listener's own 4-tuple lookup falls back to the listener: not TIME_WAIT.
+        assert!(closing_among(&[(a, unused)]).unwrap().is_empty());
     }
 }

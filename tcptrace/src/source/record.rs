@@ -11,8 +11,9 @@
 //!   `skaddr` = inode, `aux32` = uid, `tgid` = receive queue, `tid` = send queue, `aux` = drop
 //!   counter or u64::MAX), 253 (a kernel counter: `aux32` = index in the counter table of
 //!   `source/procnet.rs`, `aux` = value), 252 (a sysctl: `aux32` = index in its sysctl table,
-//!   value as text in `saddr`+`daddr`) and 251 (end of one namespace's snapshot; `aux32` = 1 if
-//!   it dumped TIME_WAIT sockets);
+//!   value as text in `saddr`+`daddr`) and 251 (end of one namespace's snapshot; `aux32` bits:
+//!   1 it dumped TIME_WAIT sockets, 2 listeners only, 4 vanished FIN_WAIT2 sockets looked up;
+//!   `aux` = its sockstat TIME_WAIT count + 1, or 0);
 //! - socket owners as resolved live, kind 250: `skaddr` = inode, `tgid` = pid, `comm`, and the
 //!   cgroup path in 32-byte pieces in `saddr`+`daddr` (`aux32` = piece index, `aux` = pieces);
 //! - gaps where events were lost, kind 249: `aux` = how many;
@@ -29,8 +30,6 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use tcptrace_common::{RAW_EVENT_SIZE, RawEvent};
-
-use std::collections::BTreeMap;
 
 use crate::{
     aggregate::PassiveMethod,
@@ -184,8 +183,13 @@ impl Recorder {
         }
         let mut end = blank(SNAPSHOT_END, s.ts_ns, s.netns);
         // Bit 0: TIME_WAIT dumped; bit 1: listeners only (recordings older than that bit have
-        // it clear, as their polls always dumped CLOSE_WAIT and FIN_WAIT2).
-        end.aux32 = u32::from(s.time_wait_counted) | u32::from(s.listeners_only) << 1;
+        // it clear, as their polls always dumped CLOSE_WAIT and FIN_WAIT2); bit 2: FIN_WAIT2
+        // sockets resolved. `aux`: the sockstat TIME_WAIT count + 1, 0 if unknown (as in older
+        // recordings, whose readers ignore both).
+        end.aux32 = u32::from(s.time_wait_counted)
+            | u32::from(s.listeners_only) << 1
+            | u32::from(s.fin_wait2_resolved) << 2;
+        end.aux = s.time_wait_total.map_or(0, |n| n.saturating_add(1));
         recs.push(end);
         for r in &recs {
             self.out
@@ -344,11 +348,7 @@ impl<R: Read> Replay<R> {
                     let snap = self.partial.get_or_insert_with(|| Snapshot {
                         ts_ns: raw.ts_ns,
                         netns: raw.netns,
-                        time_wait_counted: false,
-                        listeners_only: false,
-                        sockets: Vec::new(),
-                        counters: BTreeMap::new(),
-                        sysctls: BTreeMap::new(),
+                        ..Snapshot::default()
                     });
                     match raw.kind {
                         DIAG_SOCKET => {
@@ -425,6 +425,8 @@ impl<R: Read> Replay<R> {
                     });
                     snap.time_wait_counted = raw.aux32 & 1 != 0;
                     snap.listeners_only = raw.aux32 & 2 != 0;
+                    snap.fin_wait2_resolved = raw.aux32 & 4 != 0;
+                    snap.time_wait_total = raw.aux.checked_sub(1);
                     return Ok(Some(Item::Snapshot(snap)));
                 }
                 _ => {
@@ -485,6 +487,7 @@ impl<R: Read> Replay<R> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use super::*;
     use crate::event::{Comm, EventKind};
 
@@ -527,6 +530,8 @@ mod tests {
             ts_ns: 78,
             time_wait_counted: false,
             listeners_only: true,
+            time_wait_total: None,
+            fin_wait2_resolved: false,
             ..snapshot()
         })
         .unwrap();
@@ -556,6 +561,8 @@ mod tests {
             netns: 9,
             time_wait_counted: true,
             listeners_only: false,
+            time_wait_total: Some(41),
+            fin_wait2_resolved: true,
             sockets: vec![DiagSocket {
                 state: TcpState::Listen,
                 local: "[::]:8080".parse().unwrap(),
@@ -598,9 +605,18 @@ mod tests {
         assert_eq!(got.sockets, want.sockets);
         assert_eq!(got.counters, want.counters);
         assert_eq!(got.sysctls, want.sysctls);
-        let flags = |s: &Snapshot| (s.ts_ns, s.netns, s.time_wait_counted, s.listeners_only);
-        assert_eq!(flags(got), (77, 9, true, false));
-        assert_eq!(flags(&snaps[1]), (78, 9, false, true));
+        let flags = |s: &Snapshot| {
+            (
+                s.ts_ns,
+                s.netns,
+                s.time_wait_counted,
+                s.listeners_only,
+                s.time_wait_total,
+                s.fin_wait2_resolved,
+            )
+        };
+        assert_eq!(flags(got), (77, 9, true, false, Some(41), true));
+        assert_eq!(flags(&snaps[1]), (78, 9, false, true, None, false));
     }
 
     fn read_all(bytes: &[u8]) -> anyhow::Result<(Vec<Event>, Replay<&[u8]>)> {
