@@ -769,6 +769,7 @@ mod tests {
             send_q: sq,
             drops,
             since_ns: None,
+            bound_if: 0,
         }
     }
 

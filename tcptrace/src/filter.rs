@@ -60,6 +60,12 @@ impl Filter {
                 .iter()
                 .any(|&p| p == local.port() || p == remote.port())
     }
+
+    /// Whether the socket part of the filter keeps every socket of namespace `netns`, so that
+    /// the namespace's own counts (sockstat) stand for what the filter keeps.
+    pub fn keeps_all_of(&self, netns: u32) -> bool {
+        self.netns.is_none_or(|ns| ns == netns) && self.family.is_none() && self.ports.is_empty()
+    }
 }
 
 fn is_v6(a: &SocketAddr) -> bool {
@@ -118,6 +124,31 @@ mod tests {
             },
             gap: false,
         }
+    }
+
+    #[test]
+    fn namespace_counts_stand_only_for_an_unfiltered_namespace() {
+        assert!(Filter::default().keeps_all_of(7));
+        let pid = Filter {
+            pid: Some(1),
+            ..Default::default()
+        };
+        assert!(pid.keeps_all_of(7), "snapshots are not filtered by process");
+        let ns = Filter {
+            netns: Some(7),
+            ..Default::default()
+        };
+        assert!(ns.keeps_all_of(7) && !ns.keeps_all_of(8));
+        let port = Filter {
+            ports: vec![80],
+            ..Default::default()
+        };
+        assert!(!port.keeps_all_of(7));
+        let family = Filter {
+            family: Some(Family::V6),
+            ..Default::default()
+        };
+        assert!(!family.keeps_all_of(7));
     }
 
     #[test]

@@ -88,6 +88,10 @@ impl<W: Write> Pipeline<W> {
         let filter = &self.agg.config().filter;
         s.sockets
             .retain(|d| filter.matches_socket(s.netns, &d.local, &d.remote));
+        if !filter.keeps_all_of(s.netns) {
+            // The namespace's sockstat counts sockets the filter drops: count the kept ones.
+            s.time_wait_total = None;
+        }
         let crossed = self.health.on_snapshot(&s);
         if let Some(owners) = &mut self.owners {
             let want = self.health.inodes_wanting_owner(s.ts_ns);

@@ -241,7 +241,8 @@ pub fn parse_ss(text: &str) -> Vec<SsSocket> {
         if w.len() < 5 {
             continue;
         }
-        let (Ok(recv_q), Ok(send_q), Ok(local)) = (w[1].parse(), w[2].parse(), w[3].parse()) else {
+        let local = without_scope(w[3]);
+        let (Ok(recv_q), Ok(send_q), Ok(local)) = (w[1].parse(), w[2].parse(), local.parse()) else {
             continue;
         };
         v.push(SsSocket {
@@ -249,11 +250,22 @@ pub fn parse_ss(text: &str) -> Vec<SsSocket> {
             recv_q,
             send_q,
             local,
-            peer: w[4].to_string(),
+            peer: without_scope(w[4]),
             drops: None,
         });
     }
     v
+}
+
+/// An ss address without the interface a bound socket shows (`127.0.0.1%lo:80`).
+fn without_scope(a: &str) -> String {
+    match a.find('%') {
+        Some(i) => {
+            let end = a[i..].find([':', ']']).map_or(a.len(), |j| i + j);
+            format!("{}{}", &a[..i], &a[end..])
+        }
+        None => a.to_string(),
+    }
 }
 
 /// The entry of the summary's `listeners` for `port` in namespace `netns`; panics (showing the
@@ -323,9 +335,12 @@ LISTEN 2      1          127.0.0.1:23101      0.0.0.0:*\n\
 \t skmem:(r0,rb131072,t0,tb16384,f0,w0,o0,bl0,d57)\n\
 CLOSE-WAIT 6  0          127.0.0.1:23201    127.0.0.1:48492\n\
 \t skmem:(r837,rb131072,t0,tb3939840,f3259,w0,o0,bl0,d0)\n\
-TIME-WAIT 0 0 127.0.0.1:40000 127.0.0.1:23401\n";
+TIME-WAIT 0 0 127.0.0.1:40000 127.0.0.1:23401\n\
+FIN-WAIT-2 0 0 127.0.0.1%lo:38860 127.0.0.1:5555\n";
         let v = parse_ss(text);
-        assert_eq!(v.len(), 3);
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[3].local, "127.0.0.1:38860".parse().unwrap(), "bound to lo");
+        assert_eq!(without_scope("[fe80::1%eth0]:22"), "[fe80::1]:22");
         assert_eq!(v[0].state, "LISTEN");
         assert_eq!((v[0].recv_q, v[0].send_q, v[0].drops), (2, 1, Some(57)));
         assert_eq!(v[1].recv_q, 6);

@@ -327,6 +327,22 @@ fn connect_pairs(
         .collect()
 }
 
+/// Binds a connected socket to an interface (SO_BINDTODEVICE).
+fn bind_to_device(s: &TcpStream, dev: &str) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and a buffer of the length given.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            dev.as_ptr().cast(),
+            dev.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_BINDTODEVICE {dev}: {}", std::io::Error::last_os_error());
+}
+
 /// K leaked server sockets: the client sent [`UNREAD`] and closed; the server never reads nor
 /// closes. Returns the listener, the leaked streams, the clients' addresses, and the instants
 /// around the clients' closes (the server sockets entered CLOSE_WAIT in between).
@@ -1092,11 +1108,15 @@ fn fin_wait2_timeouts_are_counted() {
     let a = addr(PORT);
     // K connections whose server never closes (its clients wait in FIN_WAIT2 until they time
     // out) and M whose server closes once polls have seen its client in FIN_WAIT2 (they go
-    // FIN_WAIT2 -> TIME_WAIT: no timeout).
+    // FIN_WAIT2 -> TIME_WAIT: no timeout). Those M clients are bound to lo, as in a VRF: the
+    // kernel finds them by 4-tuple only together with the interface.
     let (server, kept, closing) = ns.run(move || {
         let l = TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
         let (mut kept, mut closing) = (Vec::new(), Vec::new());
         for (i, (c, mut srv, _)) in connect_pairs(&l, a, K + M).into_iter().enumerate() {
+            if i >= K {
+                bind_to_device(&c, "lo");
+            }
             drop(c);
             if i < K {
                 kept.push(srv);

@@ -31,6 +31,9 @@ pub struct DiagSocket {
     /// When the socket entered its current state (CLOCK_MONOTONIC ns), from the table the
     /// kernel side keeps in aggregation mode: exact ages without any event. CLOSE_WAIT only.
     pub since_ns: Option<u64>,
+    /// The interface it is bound to (SO_BINDTODEVICE, a VRF, an IPv6 link-local scope), 0 if
+    /// none: the kernel finds a bound socket by its 4-tuple only with it.
+    pub bound_if: u32,
 }
 
 /// Aggregation mode: the kernel's table of socket state-entry times, a slot per socket picked
@@ -121,18 +124,21 @@ fn open() -> anyhow::Result<Socket> {
     Ok(socket)
 }
 
-/// Of these connections (local, remote), those in FIN_WAIT2 or TIME_WAIT now, each looked up by
-/// its 4-tuple: a hash lookup in the kernel, where a dump walks every namespace's sockets.
-pub fn closing_among(conns: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<Vec<DiagSocket>> {
+/// A connection as an exact lookup names it: local end, remote end, bound interface.
+pub type Conn = (SocketAddr, SocketAddr, u32);
+
+/// Of these connections, those in FIN_WAIT2 or TIME_WAIT now, each looked up by its 4-tuple
+/// (and interface): a hash lookup in the kernel, where a dump walks every namespace's sockets.
+pub fn closing_among(conns: &[Conn]) -> anyhow::Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
     if conns.is_empty() {
         return Ok(out);
     }
     let socket = open()?;
     let mut rx = Vec::with_capacity(4096);
-    for (local, remote) in conns {
+    for &(local, remote, bound_if) in conns {
         socket
-            .send(&exact_request(*local, *remote), 0)
+            .send(&exact_request(local, remote, bound_if), 0)
             .context("sending a sock_diag lookup")?;
         rx.clear();
         socket
@@ -149,8 +155,8 @@ pub fn closing_among(conns: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<Vec<D
         // The kernel falls back to a listener on the local port: keep only the connection.
         out.extend(found.into_iter().filter(|d| {
             matches!(d.state, TcpState::TimeWait | TcpState::FinWait2)
-                && d.local == *local
-                && d.remote == *remote
+                && d.local == local
+                && d.remote == remote
         }));
     }
     Ok(out)
@@ -166,8 +172,8 @@ fn compat_request(states: u32, ext: u8) -> Vec<u8> {
     b
 }
 
-/// A request for the one socket with this 4-tuple (not a dump).
-fn exact_request(local: SocketAddr, remote: SocketAddr) -> Vec<u8> {
+/// A request for the one socket with this 4-tuple, bound to `bound_if` (not a dump).
+fn exact_request(local: SocketAddr, remote: SocketAddr, bound_if: u32) -> Vec<u8> {
     let mut b = request(NLM_F_REQUEST);
     let req = &mut b[NLMSG_HDR_LEN..];
     let (family, src, dst) = match (local.ip(), remote.ip()) {
@@ -183,6 +189,7 @@ fn exact_request(local: SocketAddr, remote: SocketAddr) -> Vec<u8> {
     req[6..8].copy_from_slice(&remote.port().to_be_bytes());
     req[8..8 + src.len()].copy_from_slice(&src);
     req[24..24 + dst.len()].copy_from_slice(&dst);
+    req[40..44].copy_from_slice(&bound_if.to_ne_bytes());
     req[52..56].copy_from_slice(&u32::MAX.to_ne_bytes());
     b
 }
@@ -279,6 +286,7 @@ fn diag_socket(r: &InetResponse) -> Option<DiagSocket> {
         send_q: h.send_queue,
         drops,
         since_ns,
+        bound_if: h.socket_id.interface_id,
     })
 }
 
@@ -331,7 +339,7 @@ mod tests {
         let unused: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         let found = loop {
-            let found = closing_among(&[(unused, a), (local, a), (a, local)]).unwrap();
+            let found = closing_among(&[(unused, a, 0), (local, a, 0), (a, local, 0)]).unwrap();
             let settled = found.iter().all(|d| d.state == TcpState::TimeWait);
             if (!found.is_empty() && settled) || std::time::Instant::now() > deadline {
                 break found;
@@ -341,6 +349,6 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!((found[0].state, found[0].local, found[0].remote), (TcpState::TimeWait, local, a));
         // The listener's own 4-tuple lookup falls back to the listener: not TIME_WAIT.
-        assert!(closing_among(&[(a, unused)]).unwrap().is_empty());
+        assert!(closing_among(&[(a, unused, 0)]).unwrap().is_empty());
     }
 }

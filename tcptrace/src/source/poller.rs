@@ -3,7 +3,6 @@
 //! delays the ring buffer reader.
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     path::PathBuf,
     sync::mpsc,
     time::Duration,
@@ -127,7 +126,7 @@ fn reaches(tw: Option<u64>, threshold: Option<f64>) -> bool {
 struct Memory {
     /// Its FIN_WAIT2 connections (local, remote) at its last walk: those gone since are looked
     /// up, so diagnosis can tell a FIN_WAIT2 timeout without dumping every TIME_WAIT socket.
-    fin_wait2: Vec<(SocketAddr, SocketAddr)>,
+    fin_wait2: Vec<diag::Conn>,
     /// Whether its TIME_WAIT count had reached the port-exhaustion threshold at its last
     /// breakdown.
     near_exhaustion: bool,
@@ -173,7 +172,7 @@ fn poll_one(
         let mut time_wait_counted = dump == Dump::All;
         let fin_wait2_resolved = dump == Dump::Closing;
         if fin_wait2_resolved {
-            let now: HashSet<(SocketAddr, SocketAddr)> = fin_wait2_of(&sockets).collect();
+            let now: HashSet<diag::Conn> = fin_wait2_of(&sockets).collect();
             let gone: Vec<_> = mem
                 .fin_wait2
                 .iter()
@@ -215,13 +214,11 @@ fn poll_one(
     })
 }
 
-fn fin_wait2_of(
-    sockets: &[diag::DiagSocket],
-) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
+fn fin_wait2_of(sockets: &[diag::DiagSocket]) -> impl Iterator<Item = diag::Conn> + '_ {
     sockets
         .iter()
         .filter(|d| d.state == TcpState::FinWait2)
-        .map(|d| (d.local, d.remote))
+        .map(|d| (d.local, d.remote, d.bound_if))
 }
 
 /// Whether a namespace with `inuse` hashed TCP sockets (listeners included), `tw` in TIME_WAIT
@@ -407,7 +404,7 @@ mod tests {
     #[test]
     fn fin_wait2_sockets_are_remembered_as_long_as_diagnosis_tracks_them() {
         let fw2 = |polled_at| Memory {
-            fin_wait2: vec![("10.0.0.1:1".parse().unwrap(), "10.0.0.9:80".parse().unwrap())],
+            fin_wait2: vec![("10.0.0.1:1".parse().unwrap(), "10.0.0.9:80".parse().unwrap(), 0)],
             near_exhaustion: false,
             polled_at,
         };

@@ -371,6 +371,8 @@ impl<R: Read> Replay<R> {
                                 drops: (raw.aux != u64::MAX).then_some(raw.aux as u32),
                                 // Recordings are made while streaming: no storage.
                                 since_ns: None,
+                                // Not recorded: only live lookups need it.
+                                bound_if: 0,
                             });
                         }
                         COUNTER => {
@@ -573,6 +575,7 @@ mod tests {
                 send_q: 128,
                 drops: Some(41),
                 since_ns: None,
+                bound_if: 0,
             }],
             counters: BTreeMap::from([("ListenDrops", 41), ("ListenOverflows", 40)]),
             sysctls: BTreeMap::from([("net.ipv4.ip_local_port_range", "32768 60999".to_string())]),
