@@ -121,6 +121,17 @@ pub fn local_port_range(sysctls: &BTreeMap<&'static str, String>) -> Option<(u64
     Some((it.next()?, it.next()?))
 }
 
+/// How many local ports `ip_local_port_range` (first, last) holds.
+pub fn port_range_size((lo, hi): (u64, u64)) -> u64 {
+    hi.saturating_sub(lo) + 1
+}
+
+/// The fewest TIME_WAIT sockets towards one remote end that are reported as port exhaustion:
+/// `ratio` of the local port range.
+pub fn port_exhaustion_threshold(range: (u64, u64), ratio: f64) -> f64 {
+    port_range_size(range) as f64 * ratio
+}
+
 /// A connection: network namespace inode, local and remote ends.
 pub type Key = (u32, SocketAddr, SocketAddr);
 
@@ -695,10 +706,11 @@ impl Health {
         let range = local_port_range(&self.sysctls);
         let mut exhaustion = Vec::new();
         if let Some((lo, hi)) = range {
-            let size = hi.saturating_sub(lo) + 1;
+            let size = port_range_size((lo, hi));
+            let threshold = port_exhaustion_threshold((lo, hi), self.cfg.port_exhaustion_ratio);
             let reuse = TwReuse::from_sysctls(&self.sysctls);
             for r in &v {
-                if r.count as f64 >= size as f64 * self.cfg.port_exhaustion_ratio {
+                if r.count as f64 >= threshold {
                     let what = format!(
                         "{} of {size} local ports (ip_local_port_range {lo} {hi}) are in TIME_WAIT towards {}:{}",
                         r.count, r.raddr, r.rport

@@ -156,7 +156,7 @@ fn poll_one(
         let sockstat = procnet::read_sockstat().ok();
         let time_wait_total = sockstat.map(|(_, tw)| tw);
         let threshold = diagnose::local_port_range(&sysctls)
-            .map(|(lo, hi)| (hi.saturating_sub(lo) + 1) as f64 * port_exhaustion_ratio);
+            .map(|r| diagnose::port_exhaustion_threshold(r, port_exhaustion_ratio));
         let dump = if breakdown_now(planned, time_wait_total, threshold, mem.near_exhaustion) {
             Dump::All
         } else {
@@ -187,7 +187,8 @@ fn poll_one(
             }
         }
         let mem = Memory {
-            polled_at: mem.polled_at,
+            // Set by the caller, which knows the poll's number.
+            polled_at: 0,
             fin_wait2: if dump == Dump::Listeners {
                 mem.fin_wait2
             } else {
